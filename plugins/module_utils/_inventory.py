@@ -1,0 +1,139 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""From a placement to Ansible inventory content (hosts, groups, variables).
+
+Kept free of Ansible's inventory classes so it is unit-testable and so the inventory plugin's
+``parse()`` stays a few lines: it only copies this structure into Ansible's inventory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible_collections.berth.fleet.plugins.module_utils._placement import Instance, Placement, place
+from ansible_collections.berth.fleet.plugins.module_utils._spec import Machine, Topology, parse_topology
+
+_UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9_]")
+
+
+def group_name(prefix: str, name: str) -> str:
+    """A valid Ansible group name: `dc-1` under prefix `dc` becomes `dc_dc_1`."""
+    return f"{prefix}_{_UNSAFE_GROUP_CHARS.sub('_', name)}"
+
+
+@dataclass
+class InventoryData:
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    group_vars: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, host: str, host_vars: dict[str, Any], groups: list[str]) -> None:
+        self.hosts[host] = host_vars
+        for group in groups:
+            self.groups.setdefault(group, []).append(host)
+
+
+def load_placement(raw: Any, source: str) -> Placement:
+    """Validate the raw spec and place it; raises SpecError."""
+    return place(parse_topology(raw, source))
+
+
+def build_inventory(placement: Placement) -> InventoryData:
+    topology = placement.topology
+    data = InventoryData()
+    data.group_vars["all"] = {
+        "berth_environment": topology.environment,
+        "berth_colocation": topology.colocation,
+        "berth_services": _services(topology),
+        "berth_datacenters": _datacenters(topology),
+    }
+    env_group = group_name("env", topology.environment)
+    machines = {m.name: m for m in topology.machines}
+    for instance in placement.instances:
+        machine = machines[instance.machine]
+        data.add(
+            instance.name,
+            _instance_vars(topology, instance, machine),
+            [
+                env_group,
+                "instances",
+                group_name("svc", instance.service),
+                group_name("dc", instance.dc),
+                group_name("machine", instance.machine),
+                group_name("substrate", topology.service(instance.service).substrate),
+            ],
+        )
+    for lb in placement.loadbalancers():
+        carrier = machines.get(lb.machine)
+        substrate = {"hypervisor": "vm", "local": "local"}[carrier.kind] if carrier else "existing"
+        host_vars = {
+            "ansible_host": str(lb.address),
+            "berth_role": "lb",
+            "berth_dc": lb.dc,
+            "berth_address": str(lb.address),
+            "berth_machine": lb.machine,
+            "berth_substrate": substrate,
+            "berth_node": placement.node_name(lb.name) if carrier else lb.name,
+        }
+        groups = [env_group, "lb", group_name("lb", lb.dc), group_name("dc", lb.dc)]
+        if carrier:
+            groups += [group_name("machine", lb.machine), group_name("substrate", substrate)]
+        data.add(lb.name, host_vars, groups)
+    return data
+
+
+def _instance_vars(topology: Topology, instance: Instance, machine: Machine) -> dict[str, Any]:
+    service = topology.service(instance.service)
+    host_vars: dict[str, Any] = {
+        "ansible_host": str(instance.address),
+        "berth_role": "instance",
+        "berth_service": instance.service,
+        "berth_instance": instance.ordinal,
+        "berth_dc": instance.dc,
+        "berth_machine": instance.machine,
+        "berth_machine_kind": instance.machine_kind,
+        "berth_substrate": service.substrate,
+        "berth_node": instance.node,
+        "berth_address": str(instance.address),
+        "berth_port": instance.port,
+    }
+    if machine.kind == "hypervisor":
+        host_vars["berth_hypervisor_uri"] = machine.uri
+    if machine.bmc is not None:
+        host_vars["berth_bmc"] = {
+            "address": machine.bmc.address,
+            "username": machine.bmc.username,
+            "password": machine.bmc.password,  # a vault reference, resolved only where it is used
+            "driver": machine.bmc.driver,
+            "verify_tls": machine.bmc.verify_tls,
+        }
+    return host_vars
+
+
+def _services(topology: Topology) -> dict[str, Any]:
+    services = {}
+    for service in topology.services:
+        policy = topology.policies[service.name]
+        services[service.name] = {
+            "artifact": service.artifact,
+            "version": service.version,
+            "port": service.port,
+            "health": {"path": service.health.path, "status": service.health.status},
+            "resources": {"vcpus": service.resources.vcpus, "memory_mib": service.resources.memory_mib},
+            "substrate": service.substrate,
+            "instances": policy.instances,
+            "max_unavailable": policy.max_unavailable,
+        }
+    return services
+
+
+def _datacenters(topology: Topology) -> dict[str, Any]:
+    return {
+        dc.name: {
+            "cidr": str(dc.pool.network),
+            "prefix": dc.pool.network.prefixlen,
+            "gateway": str(dc.pool.gateway),
+        }
+        for dc in topology.datacenters
+    }

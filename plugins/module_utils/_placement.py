@@ -1,0 +1,270 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Placement: the logical topology becomes a physical one.
+
+Rules (see docs/placement.md):
+
+* one instance per node: every instance gets its own VM / nspawn machine / bare-metal host,
+  except in an environment that allows colocation, where the instances placed on a machine share
+  that machine's single node and listen on consecutive ports;
+* instances of a service spread across datacenters (least-loaded datacenter first, within
+  ``max_skew``) and across machines (no two instances of a service on one machine without
+  colocation); a bare-metal host carries exactly one instance;
+* capacity (vCPU, MiB) is respected;
+* deterministic and stable: instances are placed in the order (ordinal, service), so an
+  instance's placement depends only on instances with a lower ordinal or an earlier service.
+  Scaling a service from 4 to 6 keeps instances 1-4 where they were; scaling down removes the
+  highest ordinals;
+* addresses come from the datacenter's pool: each service owns a block of ``block_size``
+  addresses (blocks in service declaration order) and an instance takes the slot of its rank
+  among the service's instances in that datacenter, so scaling never renumbers anyone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ansible_collections.berth.fleet.plugins.module_utils._spec import (
+    KIND_FOR_SUBSTRATE,
+    Datacenter,
+    LoadBalancer,
+    Machine,
+    Resources,
+    Service,
+    SpecError,
+    Topology,
+)
+
+
+@dataclass(frozen=True)
+class Instance:
+    service: str
+    ordinal: int  # 1-based, stable: catalog-3 is always the third instance of catalog
+    dc: str
+    machine: str
+    machine_kind: str
+    node: str  # the VM / nspawn machine / metal host that runs it
+    address: ipaddress.IPv4Address
+    port: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.ordinal}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    topology: Topology
+    instances: tuple[Instance, ...]
+
+    def of_service(self, service: str) -> tuple[Instance, ...]:
+        return tuple(i for i in self.instances if i.service == service)
+
+    def loadbalancers(self) -> Iterator[LoadBalancer]:
+        for dc in self.topology.datacenters:
+            yield from dc.loadbalancers
+
+    def node_name(self, name: str) -> str:
+        return f"{self.topology.environment}-{name}"
+
+
+@dataclass
+class _MachineState:
+    machine: Machine
+    index_in_dc: int
+    used_vcpus: int = 0
+    used_memory_mib: int = 0
+    per_service: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_service.values())
+
+    def fits(self, need: Resources) -> bool:
+        capacity = self.machine.capacity
+        return (
+            self.used_vcpus + need.vcpus <= capacity.vcpus
+            and self.used_memory_mib + need.memory_mib <= capacity.memory_mib
+        )
+
+    def free(self) -> str:
+        capacity = self.machine.capacity
+        return (
+            f"{self.machine.name} {capacity.vcpus - self.used_vcpus}/{capacity.vcpus} vCPU "
+            f"{capacity.memory_mib - self.used_memory_mib}/{capacity.memory_mib} MiB free"
+        )
+
+
+class _Placer:
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.states: dict[str, list[_MachineState]] = {
+            dc.name: [_MachineState(m, i) for i, m in enumerate(dc.machines)] for dc in topology.datacenters
+        }
+        self.per_dc: dict[str, Counter[str]] = defaultdict(Counter)  # service -> dc -> count
+
+    def fail(self, service: str, expected: str) -> SpecError:
+        return SpecError(self.topology.source, f"environment.services.{service}.instances", expected)
+
+    def precheck(self, service: Service, count: int) -> None:
+        """Reject counts no placement can satisfy, with the capacity that exists."""
+        kind = KIND_FOR_SUBSTRATE[service.substrate]
+        eligible = [m for m in self.topology.machines if m.kind == kind]
+        if count and not eligible:
+            raise self.fail(
+                service.name,
+                f"{count} instance(s) with substrate {service.substrate} need a {kind} machine, "
+                "and the estate declares none",
+            )
+        too_small = [m.name for m in eligible if not _fits(m.capacity, service.resources)]
+        if count and len(too_small) == len(eligible):
+            raise self.fail(
+                service.name,
+                f"each instance needs {service.resources.vcpus} vCPU / {service.resources.memory_mib} MiB; "
+                f"no {kind} machine is that large ({', '.join(too_small)})",
+            )
+        one_per_machine = kind == "metal" or not self.topology.colocation
+        usable = len(eligible) - len(too_small)
+        if one_per_machine and count > usable:
+            reason = (
+                "a bare-metal host carries exactly one instance"
+                if kind == "metal"
+                else "environment.colocation is false, so no two instances of a service share a machine"
+            )
+            raise self.fail(
+                service.name, f"{count} instances but only {usable} usable {kind} machine(s): {reason}"
+            )
+
+    def place(self, service: Service, ordinal: int) -> tuple[str, _MachineState]:
+        kind = KIND_FOR_SUBSTRATE[service.substrate]
+        counts = self.per_dc[service.name]
+        dc_order = sorted(
+            enumerate(self.topology.datacenters), key=lambda item: (counts[item[1].name], item[0])
+        )
+        skipped: list[str] = []
+        for _, dc in dc_order:
+            candidates = [s for s in self.states[dc.name] if self._eligible(s, service, kind)]
+            if not candidates:
+                skipped.append(self._why_full(dc, service, kind))
+                continue
+            after = Counter(counts)
+            after[dc.name] += 1
+            skew = max(after.values()) - min(after[d.name] for d in self.topology.datacenters)
+            if skew > self.topology.spread.max_skew and self.topology.spread.when_unsatisfiable == "fail":
+                break
+            chosen = min(
+                candidates,
+                key=lambda s: (
+                    s.per_service[service.name],
+                    s.total,
+                    s.used_memory_mib / s.machine.capacity.memory_mib,
+                    s.index_in_dc,
+                ),
+            )
+            counts[dc.name] += 1
+            chosen.used_vcpus += service.resources.vcpus
+            chosen.used_memory_mib += service.resources.memory_mib
+            chosen.per_service[service.name] += 1
+            return dc.name, chosen
+        spread = ", ".join(f"{d.name}: {counts[d.name]}" for d in self.topology.datacenters)
+        raise self.fail(
+            service.name,
+            f"cannot place {service.name}-{ordinal} "
+            f"(needs {service.resources.vcpus} vCPU / {service.resources.memory_mib} MiB on a {kind}) "
+            f"within spread max_skew {self.topology.spread.max_skew} (instances per datacenter so far: {spread}); "
+            f"available: {'; '.join(skipped) or 'no datacenter keeps the skew'}",
+        )
+
+    def _eligible(self, state: _MachineState, service: Service, kind: str) -> bool:
+        if state.machine.kind != kind or not state.fits(service.resources):
+            return False
+        if kind == "metal":
+            return state.total == 0
+        return self.topology.colocation or state.per_service[service.name] == 0
+
+    def _why_full(self, dc: Datacenter, service: Service, kind: str) -> str:
+        states = [s for s in self.states[dc.name] if s.machine.kind == kind]
+        if not states:
+            return f"{dc.name} has no {kind}"
+        return f"{dc.name}: " + ", ".join(
+            s.free() + (f" (already runs {service.name})" if s.per_service[service.name] else "") for s in states
+        )
+
+
+def _fits(capacity: Resources, need: Resources) -> bool:
+    return need.vcpus <= capacity.vcpus and need.memory_mib <= capacity.memory_mib
+
+
+def place(topology: Topology) -> Placement:
+    """Place every instance of every service; raise SpecError naming what cannot be satisfied."""
+    placer = _Placer(topology)
+    counts = {s.name: topology.policies[s.name].instances for s in topology.services}
+    for service in topology.services:
+        placer.precheck(service, counts[service.name])
+    chosen: list[tuple[Service, int, str, _MachineState]] = []
+    for ordinal in range(1, max(counts.values(), default=0) + 1):
+        for service in topology.services:
+            if ordinal <= counts[service.name]:
+                dc_name, state = placer.place(service, ordinal)
+                chosen.append((service, ordinal, dc_name, state))
+    return Placement(topology, tuple(_realise(topology, chosen)))
+
+
+def _realise(topology: Topology, chosen: list[tuple[Service, int, str, _MachineState]]) -> list[Instance]:
+    """Give every placed instance its node, address and port."""
+    service_index = {s.name: i for i, s in enumerate(topology.services)}
+    rank_in_dc: Counter[tuple[str, str]] = Counter()
+    rank_on_node: Counter[tuple[str, str]] = Counter()
+    ports_on_node: dict[tuple[str, int], str] = {}
+    instances = []
+    for service, ordinal, dc_name, state in sorted(chosen, key=lambda c: (service_index[c[0].name], c[1])):
+        dc = topology.datacenter(dc_name)
+        machine = state.machine
+        name = f"{service.name}-{ordinal}"
+        if machine.kind == "metal":
+            assert machine.address is not None
+            node, address = machine.name, machine.address
+        elif topology.colocation:
+            node = f"{topology.environment}-{machine.name}"
+            address = _slot(topology, dc, state.index_in_dc, f"machine {machine.name}")
+        else:
+            rank = rank_in_dc[(service.name, dc_name)]
+            rank_in_dc[(service.name, dc_name)] += 1
+            if rank >= dc.pool.block_size:
+                raise SpecError(
+                    topology.source,
+                    f"estate.datacenters.{dc_name}.address_pool.block_size",
+                    f"service {service.name} needs more than {dc.pool.block_size} addresses in {dc_name}: "
+                    "expected a larger block_size",
+                )
+            node = f"{topology.environment}-{name}"
+            address = _slot(
+                topology, dc, service_index[service.name] * dc.pool.block_size + rank, f"instance {name}"
+            )
+        port = service.port + rank_on_node[(service.name, node)]
+        rank_on_node[(service.name, node)] += 1
+        if (node, port) in ports_on_node:
+            raise SpecError(
+                topology.source,
+                f"services.{service.name}.port",
+                f"{name} would listen on {node}:{port}, already used by {ports_on_node[(node, port)]} "
+                "(colocated instances of a service take consecutive ports from its base port): "
+                "expected base ports further apart",
+            )
+        ports_on_node[(node, port)] = name
+        instances.append(Instance(service.name, ordinal, dc_name, machine.name, machine.kind, node, address, port))
+    return instances
+
+
+def _slot(topology: Topology, dc: Datacenter, offset: int, what: str) -> ipaddress.IPv4Address:
+    pool = dc.pool
+    if offset >= pool.size:
+        raise SpecError(
+            topology.source,
+            f"estate.datacenters.{dc.name}.address_pool",
+            f"too small: {what} needs slot {offset + 1} but {pool.start}-{pool.end} holds {pool.size} addresses "
+            f"(service blocks of {pool.block_size}): expected a larger range",
+        )
+    return pool.start + offset
