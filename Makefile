@@ -5,12 +5,14 @@ PYTHON_BASE := /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 COLLECTION_LINK := ansible_collections/berth/fleet
+# tools run from the venv without activating it
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Debian packages the project needs on the controller and for the local lab (see shared/LAB.md)
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev git \
 	openssh-client openssh-server debootstrap systemd-container iproute2 \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
-	iptables haproxy socat wrk linux-image-amd64 initramfs-tools ipmitool e2fsprogs
+	iptables haproxy socat wrk rsync linux-image-amd64 initramfs-tools ipmitool e2fsprogs
 
 .PHONY: help deps apt venv collection demo test lint unit integration sanity clean
 
@@ -43,26 +45,31 @@ $(COLLECTION_LINK):
 	@mkdir -p ansible_collections/berth
 	@ln -sfn ../.. $(COLLECTION_LINK)
 
+ENVIRONMENTS := dev ci prod lab
+
 demo: deps
-	@$(BIN)/python -m tests.tools.placement_table inventories/dev inventories/ci inventories/prod inventories/lab
+	@for env in $(ENVIRONMENTS); do \
+	  ansible-playbook -i inventories/$$env playbooks/placement.yml | sed -n '/msg: |-/,/^$$/p' | sed '1d; s/^        //'; \
+	done
 
 lint: deps
-	$(BIN)/ruff check plugins tests bench
-	$(BIN)/ruff format --check plugins tests bench
-	$(BIN)/mypy plugins/module_utils
-	$(BIN)/ansible-lint --profile production --offline
+	ruff check plugins tests bench
+	ruff format --check plugins tests bench
+	cd $(COLLECTION_LINK) && mypy --explicit-package-bases plugins/module_utils
+	ansible-lint --profile production --offline -q
 
 sanity: deps
 	@tests/sanity/run.sh
 
 unit: deps
-	$(BIN)/pytest -q tests/unit
+	pytest -q tests/unit
 
 integration: deps
-	$(BIN)/pytest -q tests/integration
+	pytest -q tests/integration
 
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass
 test: deps lint sanity
-	$(BIN)/pytest tests
+	pytest tests
 
 clean:
 	rm -rf ansible_collections .stamps .pytest_cache .mypy_cache .ruff_cache

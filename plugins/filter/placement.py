@@ -6,7 +6,7 @@ name: placement_table
 short_description: Render the placement of a Berth environment as a text table
 version_added: 0.1.0
 author:
-  - Berth maintainers
+  - Berth maintainers (@berth)
 description:
   - Turns the hosts of a C(berth.fleet.topology) inventory into a table of instance, datacenter,
     machine, node, address and port, one row per host, sorted by datacenter and machine.

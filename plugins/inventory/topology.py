@@ -6,7 +6,7 @@ name: topology
 short_description: Berth topology spec as inventory, one host per placed service instance
 version_added: 0.1.0
 author:
-  - Berth maintainers
+  - Berth maintainers (@berth)
 description:
   - Reads a Berth topology spec (a file named C(*.berth.yml) or C(*.berth.yaml)) describing the
     estate (datacenters, hypervisors, bare-metal hosts, local hosts, address pools, load balancers),
@@ -20,8 +20,9 @@ description:
   - "Host variables: C(ansible_host), C(berth_role), C(berth_service), C(berth_instance),
     C(berth_dc), C(berth_machine), C(berth_machine_kind), C(berth_substrate), C(berth_node),
     C(berth_address), C(berth_port), and C(berth_hypervisor_uri) or C(berth_bmc) where they apply.
-    Variables of group C(all): C(berth_environment), C(berth_colocation), C(berth_services),
-    C(berth_datacenters)."
+    Variables of group C(all): C(berth_environment), C(berth_colocation), C(berth_datacenters).
+    Each C(svc_<service>) group carries C(berth_service_spec), the service's descriptor with its
+    C(instances) and resolved C(max_unavailable) count."
   - The spec format is documented in docs/topology.md of the collection.
 extends_documentation_fragment:
   - constructed
@@ -120,12 +121,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             for host in hosts:
                 self.inventory.add_host(host, group=group)
         strict = self.get_option("strict")
-        services = data.group_vars["all"]["berth_services"]
         for host, host_vars in data.hosts.items():
             for name, value in host_vars.items():
                 self.inventory.set_variable(host, name, value)
             # compose/keyed_groups also see the host's service descriptor
-            visible = dict(host_vars, berth_service_spec=services.get(host_vars.get("berth_service"), {}))
+            visible = dict(host_vars, **data.service_vars(host_vars))
             self._set_composite_vars(self.get_option("compose"), visible, host, strict=strict)
             self._add_host_to_composed_groups(self.get_option("groups"), visible, host, strict=strict)
             self._add_host_to_keyed_groups(self.get_option("keyed_groups"), visible, host, strict=strict)

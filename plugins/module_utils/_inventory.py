@@ -28,6 +28,11 @@ class InventoryData:
     groups: dict[str, list[str]] = field(default_factory=dict)
     group_vars: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def service_vars(self, host_vars: dict[str, Any]) -> dict[str, Any]:
+        """The variables a host gets from its service group (none for load balancers)."""
+        service = host_vars.get("berth_service")
+        return self.group_vars.get(group_name("svc", service), {}) if service else {}
+
     def add(self, host: str, host_vars: dict[str, Any], groups: list[str]) -> None:
         self.hosts[host] = host_vars
         for group in groups:
@@ -45,9 +50,11 @@ def build_inventory(placement: Placement) -> InventoryData:
     data.group_vars["all"] = {
         "berth_environment": topology.environment,
         "berth_colocation": topology.colocation,
-        "berth_services": _services(topology),
         "berth_datacenters": _datacenters(topology),
     }
+    # a service's descriptor sits on its group, so each host carries only its own service's
+    for service_name, descriptor in _services(topology).items():
+        data.group_vars[group_name("svc", service_name)] = {"berth_service_spec": descriptor}
     env_group = group_name("env", topology.environment)
     machines = {m.name: m for m in topology.machines}
     for instance in placement.instances:

@@ -140,11 +140,10 @@ class _Placer:
     def place(self, service: Service, ordinal: int) -> tuple[str, _MachineState]:
         kind = KIND_FOR_SUBSTRATE[service.substrate]
         counts = self.per_dc[service.name]
-        dc_order = sorted(
-            enumerate(self.topology.datacenters), key=lambda item: (counts[item[1].name], item[0])
-        )
+        declared = {dc.name: index for index, dc in enumerate(self.topology.datacenters)}
+        dc_order = sorted(self.topology.datacenters, key=lambda dc: (counts[dc.name], declared[dc.name]))
         skipped: list[str] = []
-        for _, dc in dc_order:
+        for dc in dc_order:
             candidates = [s for s in self.states[dc.name] if self._eligible(s, service, kind)]
             if not candidates:
                 skipped.append(self._why_full(dc, service, kind))
@@ -173,7 +172,8 @@ class _Placer:
             service.name,
             f"cannot place {service.name}-{ordinal} "
             f"(needs {service.resources.vcpus} vCPU / {service.resources.memory_mib} MiB on a {kind}) "
-            f"within spread max_skew {self.topology.spread.max_skew} (instances per datacenter so far: {spread}); "
+            f"within spread max_skew {self.topology.spread.max_skew} "
+            f"(instances per datacenter so far: {spread}); "
             f"available: {'; '.join(skipped) or 'no datacenter keeps the skew'}",
         )
 
@@ -189,7 +189,8 @@ class _Placer:
         if not states:
             return f"{dc.name} has no {kind}"
         return f"{dc.name}: " + ", ".join(
-            s.free() + (f" (already runs {service.name})" if s.per_service[service.name] else "") for s in states
+            s.free() + (f" (already runs {service.name})" if s.per_service[service.name] else "")
+            for s in states
         )
 
 
@@ -223,8 +224,7 @@ def _realise(topology: Topology, chosen: list[tuple[Service, int, str, _MachineS
         dc = topology.datacenter(dc_name)
         machine = state.machine
         name = f"{service.name}-{ordinal}"
-        if machine.kind == "metal":
-            assert machine.address is not None
+        if machine.address is not None:  # bare metal: the host is the node
             node, address = machine.name, machine.address
         elif topology.colocation:
             node = f"{topology.environment}-{machine.name}"
@@ -254,7 +254,9 @@ def _realise(topology: Topology, chosen: list[tuple[Service, int, str, _MachineS
                 "expected base ports further apart",
             )
         ports_on_node[(node, port)] = name
-        instances.append(Instance(service.name, ordinal, dc_name, machine.name, machine.kind, node, address, port))
+        instances.append(
+            Instance(service.name, ordinal, dc_name, machine.name, machine.kind, node, address, port)
+        )
     return instances
 
 
@@ -264,7 +266,8 @@ def _slot(topology: Topology, dc: Datacenter, offset: int, what: str) -> ipaddre
         raise SpecError(
             topology.source,
             f"estate.datacenters.{dc.name}.address_pool",
-            f"too small: {what} needs slot {offset + 1} but {pool.start}-{pool.end} holds {pool.size} addresses "
+            f"too small: {what} needs slot {offset + 1} "
+            f"but {pool.start}-{pool.end} holds {pool.size} addresses "
             f"(service blocks of {pool.block_size}): expected a larger range",
         )
     return pool.start + offset

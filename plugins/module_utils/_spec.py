@@ -177,9 +177,7 @@ class _Reader:
             if name not in allowed:
                 hint = difflib.get_close_matches(name, allowed, n=1)
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-                raise self.fail(
-                    _join(key, name), f"unknown key (allowed: {', '.join(allowed)}){suggestion}"
-                )
+                raise self.fail(_join(key, name), f"unknown key (allowed: {', '.join(allowed)}){suggestion}")
         for name in required:
             if name not in raw:
                 raise self.fail(_join(key, name), "is required")
@@ -202,7 +200,7 @@ class _Reader:
         if raw < minimum or (maximum is not None and raw > maximum):
             bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
             raise self.fail(key, f"expected an integer {bound}, got {raw}")
-        return raw
+        return int(raw)
 
     def boolean(self, raw: Any, key: str) -> bool:
         if not isinstance(raw, bool):
@@ -256,7 +254,15 @@ def _describe(raw: Any) -> str:
 # --------------------------------------------------------------------------- sections
 
 TOP_REQUIRED = ("estate", "services", "environment")
-TOP_OPTIONAL = ("plugin", "compose", "groups", "keyed_groups", "strict", "leading_separator", "use_extra_vars")
+TOP_OPTIONAL = (
+    "plugin",
+    "compose",
+    "groups",
+    "keyed_groups",
+    "strict",
+    "leading_separator",
+    "use_extra_vars",
+)
 
 
 class _SpecParser(_Reader):
@@ -274,7 +280,9 @@ class _SpecParser(_Reader):
         try:
             network = ipaddress.IPv4Network(self.string(body["cidr"], _join(key, "cidr")), strict=True)
         except ValueError as exc:
-            raise self.fail(_join(key, "cidr"), f"expected an IPv4 network such as 10.1.0.0/24 ({exc})") from None
+            raise self.fail(
+                _join(key, "cidr"), f"expected an IPv4 network such as 10.1.0.0/24 ({exc})"
+            ) from None
         if network.num_addresses < 4:
             raise self.fail(_join(key, "cidr"), f"expected a network of at least 4 addresses, got {network}")
         first_host = network.network_address + 1
@@ -328,7 +336,9 @@ class _SpecParser(_Reader):
             self.keys(m_body, m_key, ("address", "bmc", "hardware"))
             address = self.address(m_body["address"], _join(m_key, "address"))
             if address not in pool.network:
-                raise self.fail(_join(m_key, "address"), f"expected an address inside {pool.network}, got {address}")
+                raise self.fail(
+                    _join(m_key, "address"), f"expected an address inside {pool.network}, got {address}"
+                )
             return Machine(
                 m_name,
                 name,
@@ -340,7 +350,9 @@ class _SpecParser(_Reader):
 
         def local(m_name: str, m_body: Mapping[str, Any], m_key: str) -> Machine:
             self.keys(m_body, m_key, ("capacity",))
-            return Machine(m_name, name, "local", self.resources(m_body["capacity"], _join(m_key, "capacity")))
+            return Machine(
+                m_name, name, "local", self.resources(m_body["capacity"], _join(m_key, "capacity"))
+            )
 
         machines = (
             self.named_entries(body.get("hypervisors"), _join(key, "hypervisors"), hypervisor)
@@ -352,7 +364,9 @@ class _SpecParser(_Reader):
             self.keys(lb_body, lb_key, ("address",), ("machine",))
             address = self.address(lb_body["address"], _join(lb_key, "address"))
             if address not in pool.network:
-                raise self.fail(_join(lb_key, "address"), f"expected an address inside {pool.network}, got {address}")
+                raise self.fail(
+                    _join(lb_key, "address"), f"expected an address inside {pool.network}, got {address}"
+                )
             machine = ""
             if "machine" in lb_body:
                 machine = self.name(lb_body["machine"], _join(lb_key, "machine"))
@@ -365,7 +379,9 @@ class _SpecParser(_Reader):
                     )
             return LoadBalancer(lb_name, name, address, machine)
 
-        loadbalancers = self.named_entries(body.get("loadbalancers"), _join(key, "loadbalancers"), loadbalancer)
+        loadbalancers = self.named_entries(
+            body.get("loadbalancers"), _join(key, "loadbalancers"), loadbalancer
+        )
         return Datacenter(name, pool, machines, loadbalancers)
 
     def service(self, name: str, body: Mapping[str, Any], key: str) -> Service:
@@ -373,7 +389,9 @@ class _SpecParser(_Reader):
         health_key = _join(key, "health")
         health = self.mapping(body["health"], health_key)
         self.keys(health, health_key, ("path",), ("status",))
-        path = self.string(health["path"], _join(health_key, "path"), re.compile(r"^/\S*$"), "a URL path starting with '/'")
+        path = self.string(
+            health["path"], _join(health_key, "path"), re.compile(r"^/\S*$"), "a URL path starting with '/'"
+        )
         version = body["version"]
         if isinstance(version, (int, float)) and not isinstance(version, bool):
             version = str(version)  # `version: 2` means "2", not a number
@@ -382,7 +400,9 @@ class _SpecParser(_Reader):
             artifact=self.string(body["artifact"], _join(key, "artifact")),
             version=self.string(version, _join(key, "version")),
             port=self.integer(body["port"], _join(key, "port"), 1, 65535),
-            health=HealthCheck(path, self.integer(health.get("status", 200), _join(health_key, "status"), 100, 599)),
+            health=HealthCheck(
+                path, self.integer(health.get("status", 200), _join(health_key, "status"), 100, 599)
+            ),
             resources=self.resources(body["resources"], _join(key, "resources")),
             substrate=self.choice(body["substrate"], _join(key, "substrate"), SUBSTRATES),
         )
@@ -396,7 +416,9 @@ def _max_unavailable(reader: _Reader, raw: Any, key: str, instances: int) -> int
             raise reader.fail(key, f"expected an integer or a percentage between 1% and 100%, got {raw!r}")
         count = instances * int(match.group(1)) // 100
         if count < 1:
-            raise reader.fail(key, f"{raw} of {instances} instances rounds down to 0: expected at least 1 instance")
+            raise reader.fail(
+                key, f"{raw} of {instances} instances rounds down to 0: expected at least 1 instance"
+            )
         return count
     count = reader.integer(raw, key, 1)
     if count > instances:
@@ -442,7 +464,9 @@ def parse_topology(raw: Any, source: str) -> Topology:
     return topology
 
 
-def _policies(parser: _Reader, env: Mapping[str, Any], services: tuple[Service, ...]) -> dict[str, ServicePolicy]:
+def _policies(
+    parser: _Reader, env: Mapping[str, Any], services: tuple[Service, ...]
+) -> dict[str, ServicePolicy]:
     key = "environment.services"
     per_service = parser.mapping(env["services"], key)
     declared = [s.name for s in services]
@@ -450,7 +474,9 @@ def _policies(parser: _Reader, env: Mapping[str, Any], services: tuple[Service, 
         if name not in declared:
             hint = difflib.get_close_matches(name, declared, n=1)
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-            raise parser.fail(_join(key, name), f"unknown service (declared: {', '.join(declared)}){suggestion}")
+            raise parser.fail(
+                _join(key, name), f"unknown service (declared: {', '.join(declared)}){suggestion}"
+            )
     default_unavailable = env.get("max_unavailable", 1)
     policies = {}
     for service in services:
@@ -474,7 +500,9 @@ def _check_references(parser: _Reader, topology: Topology) -> None:
     seen_names: dict[str, str] = {}
     for dc in topology.datacenters:
         entries = [(m.name, f"estate.datacenters.{dc.name}.{_section(m.kind)}.{m.name}") for m in dc.machines]
-        entries += [(lb.name, f"estate.datacenters.{dc.name}.loadbalancers.{lb.name}") for lb in dc.loadbalancers]
+        entries += [
+            (lb.name, f"estate.datacenters.{dc.name}.loadbalancers.{lb.name}") for lb in dc.loadbalancers
+        ]
         for name, key in entries:
             if name in seen_names:
                 raise parser.fail(key, f"duplicate name: {name!r} is already declared at {seen_names[name]}")
@@ -483,11 +511,14 @@ def _check_references(parser: _Reader, topology: Topology) -> None:
     for service in topology.services:
         key = f"services.{service.name}"
         if service.name in seen_names:
-            raise parser.fail(key, f"duplicate name: {service.name!r} is already declared at {seen_names[service.name]}")
+            raise parser.fail(
+                key, f"duplicate name: {service.name!r} is already declared at {seen_names[service.name]}"
+            )
         if service.port in ports:
             # the load balancers listen on each service's port
             raise parser.fail(
-                f"{key}.port", f"expected a port no other service uses, got {service.port} (also {ports[service.port]})"
+                f"{key}.port",
+                f"expected a port no other service uses, got {service.port} (also {ports[service.port]})",
             )
         ports[service.port] = key
     for index, dc in enumerate(topology.datacenters):
@@ -502,12 +533,19 @@ def _check_references(parser: _Reader, topology: Topology) -> None:
     for dc in topology.datacenters:
         fixed = [(dc.pool.gateway, f"estate.datacenters.{dc.name}.address_pool.gateway")]
         fixed += [
-            (m.address, f"estate.datacenters.{dc.name}.metal.{m.name}.address") for m in dc.machines if m.address
+            (m.address, f"estate.datacenters.{dc.name}.metal.{m.name}.address")
+            for m in dc.machines
+            if m.address
         ]
-        fixed += [(lb.address, f"estate.datacenters.{dc.name}.loadbalancers.{lb.name}.address") for lb in dc.loadbalancers]
+        fixed += [
+            (lb.address, f"estate.datacenters.{dc.name}.loadbalancers.{lb.name}.address")
+            for lb in dc.loadbalancers
+        ]
         for address, key in fixed:
             if address in seen_addresses:
-                raise parser.fail(key, f"duplicate address {address}: already used by {seen_addresses[address]}")
+                raise parser.fail(
+                    key, f"duplicate address {address}: already used by {seen_addresses[address]}"
+                )
             if dc.pool.start <= address <= dc.pool.end:
                 raise parser.fail(
                     key,

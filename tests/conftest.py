@@ -1,0 +1,18 @@
+"""Shared pytest setup: make the collection importable as ansible_collections.berth.fleet."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COLLECTIONS_ROOT = ROOT  # holds ansible_collections/berth/fleet -> ROOT (made by the Makefile)
+
+link = ROOT / "ansible_collections" / "berth" / "fleet"
+if not link.exists():
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(Path("..") / "..")
+if str(COLLECTIONS_ROOT) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS_ROOT))
+os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))

@@ -1,0 +1,127 @@
+"""The shipped environments, seen through the real `ansible-inventory` and the topology plugin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from specs import spec
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def inventory(source: Path | str) -> dict[str, Any]:
+    result = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(source), "--list"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    return dict(json.loads(result.stdout))
+
+
+def hosts_of(data: dict[str, Any], group: str) -> list[str]:
+    return list(data.get(group, {}).get("hosts", []))
+
+
+def plain(value: Any) -> Any:
+    """ansible-inventory marks strings as unsafe in its JSON; unwrap them."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def envs() -> dict[str, dict[str, Any]]:
+    return {env: plain(inventory(ROOT / "inventories" / env)) for env in ("dev", "ci", "prod", "lab")}
+
+
+def test_prod_is_figure_8_9(envs: dict[str, dict[str, Any]]) -> None:
+    prod = envs["prod"]
+    hostvars = prod["_meta"]["hostvars"]
+    for service in ("catalog", "orders"):
+        members = hosts_of(prod, f"svc_{service}")
+        assert len(members) == 4
+        assert len({hostvars[h]["berth_machine"] for h in members}) == 4  # 4 distinct machines
+        assert Counter(hostvars[h]["berth_dc"] for h in members) == {"dc1": 2, "dc2": 2}
+        assert len({hostvars[h]["ansible_host"] for h in members}) == 4
+    assert sorted(hosts_of(prod, "lb")) == ["lb-dc1", "lb-dc2"]
+
+
+def test_ci_runs_two_per_service_on_one_machine(envs: dict[str, dict[str, Any]]) -> None:
+    ci = envs["ci"]
+    hostvars = ci["_meta"]["hostvars"]
+    for service in ("catalog", "orders"):
+        members = hosts_of(ci, f"svc_{service}")
+        assert len(members) == 2
+        assert len({hostvars[h]["berth_machine"] for h in members}) == 1
+        assert len({hostvars[h]["ansible_host"] for h in members}) == 1  # colocated on one node
+        assert len({hostvars[h]["berth_port"] for h in members}) == 2  # on different ports
+
+
+def test_dev_runs_one_per_service(envs: dict[str, dict[str, Any]]) -> None:
+    dev = envs["dev"]
+    assert hosts_of(dev, "svc_catalog") == ["catalog-1"]
+    assert hosts_of(dev, "svc_orders") == ["orders-1"]
+
+
+def test_lab_is_prod_shaped(envs: dict[str, dict[str, Any]]) -> None:
+    lab = envs["lab"]
+    hostvars = lab["_meta"]["hostvars"]
+    assert len(hosts_of(lab, "instances")) == 8
+    assert hosts_of(lab, "lb_dc1") == ["lb-dc1"] and hosts_of(lab, "lb_dc2") == ["lb-dc2"]
+    addresses = [hostvars[h]["ansible_host"] for h in hostvars]
+    assert len(addresses) == len(set(addresses)) == 10
+    assert all(hostvars[h]["berth_substrate"] == "local" for h in hostvars)
+
+
+def test_host_and_group_variables(envs: dict[str, dict[str, Any]]) -> None:
+    prod = envs["prod"]
+    catalog2 = prod["_meta"]["hostvars"]["catalog-2"]
+    assert catalog2["berth_service"] == "catalog"
+    assert catalog2["berth_instance"] == 2
+    assert catalog2["berth_dc"] == "dc2"
+    assert catalog2["berth_port"] == 8080
+    assert catalog2["berth_node"] == "prod-catalog-2"
+    assert catalog2["berth_hypervisor_uri"].startswith("qemu+ssh://")
+    assert catalog2["berth_service_spec"]["health"] == {"path": "/health", "status": 200}
+    assert prod["_meta"]["hostvars"]["orders-1"]["berth_service_spec"]["max_unavailable"] == 1  # 25% of 4
+    assert "berth_service_spec" not in prod["_meta"]["hostvars"]["lb-dc1"]
+
+
+def test_constructable_keyed_groups_and_compose(tmp_path: Path) -> None:
+    raw = spec()
+    raw["keyed_groups"] = [{"key": "berth_service_spec.version", "prefix": "version"}]
+    raw["compose"] = {
+        "health_url": "'http://' ~ ansible_host ~ ':' ~ berth_port ~ berth_service_spec.health.path"
+    }
+    raw["groups"] = {"first_instances": "berth_instance == 1"}
+    path = tmp_path / "constructed.berth.yml"
+    path.write_text(yaml.safe_dump(raw))
+    data = plain(inventory(path))
+    assert len(hosts_of(data, "version_v1")) == 6
+    assert sorted(hosts_of(data, "first_instances")) == ["catalog-1", "orders-1"]
+    assert data["_meta"]["hostvars"]["catalog-1"]["health_url"] == "http://10.90.1.16:8080/health"
+
+
+def test_ansible_doc_documents_the_plugin() -> None:
+    result = subprocess.run(
+        [str(BIN / "ansible-doc"), "-t", "inventory", "berth.fleet.topology"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert "keyed_groups" in result.stdout and "environment" in result.stdout

@@ -1,0 +1,237 @@
+"""The malformed-spec corpus: every broken spec fails `ansible-inventory` with one clear message
+naming the file, the key path and what was expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from specs import DELETE, spec
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
+
+HV = {"uri": "qemu:///system", "capacity": {"vcpus": 8, "memory_mib": 8192}}
+METAL = {
+    "address": "10.90.1.10",
+    "hardware": {"vcpus": 8, "memory_mib": 8192},
+    "bmc": {"address": "bmc.invalid", "username": "admin", "password": "{{ vault_bmc }}"},
+}
+SECRET = "hunter2-correct-horse"
+
+# id -> (changes to the valid base spec, expected message after "<file>: ")
+CORPUS: dict[str, tuple[Any, str]] = {
+    "unknown-top-key": (
+        {"servics": {}},
+        "servics: unknown key (allowed: estate, services, environment",
+    ),
+    "did-you-mean-port": (
+        {"services.catalog.prot": 8080},
+        "services.catalog.prot: unknown key (allowed: artifact, version, port, health, resources, substrate); "
+        "did you mean 'port'?",
+    ),
+    "did-you-mean-max-skew": (
+        {"environment.spread.max_skw": 1},
+        "environment.spread.max_skw: unknown key (allowed: max_skew, when_unsatisfiable); did you mean 'max_skew'?",
+    ),
+    "port-not-integer": (
+        {"services.catalog.port": "eighty"},
+        "services.catalog.port: expected an integer, got string 'eighty'",
+    ),
+    "port-out-of-range": (
+        {"services.catalog.port": 70000},
+        "services.catalog.port: expected an integer between 1 and 65535, got 70000",
+    ),
+    "negative-instances": (
+        {"environment.services.catalog.instances": -1},
+        "environment.services.catalog.instances: expected an integer >= 0, got -1",
+    ),
+    "instances-not-integer": (
+        {"environment.services.catalog.instances": "four"},
+        "environment.services.catalog.instances: expected an integer, got string 'four'",
+    ),
+    "zero-vcpus": (
+        {"services.catalog.resources.vcpus": 0},
+        "services.catalog.resources.vcpus: expected an integer between 1 and 4096, got 0",
+    ),
+    "max-unavailable-zero": (
+        {"environment.max_unavailable": 0},
+        "environment.max_unavailable: expected an integer >= 1, got 0",
+    ),
+    "max-unavailable-above-instances": (
+        {"environment.services.catalog.max_unavailable": 5},
+        "environment.services.catalog.max_unavailable: expected at most the service's 4 instances, got 5",
+    ),
+    "max-unavailable-percent-rounds-to-zero": (
+        {"environment.services.catalog.max_unavailable": "10%"},
+        "environment.services.catalog.max_unavailable: 10% of 4 instances rounds down to 0",
+    ),
+    "max-unavailable-bad-percent": (
+        {"environment.max_unavailable": "150%"},
+        "environment.max_unavailable: expected an integer or a percentage between 1% and 100%, got '150%'",
+    ),
+    "max-skew-zero": (
+        {"environment.spread.max_skew": 0},
+        "environment.spread.max_skew: expected an integer >= 1, got 0",
+    ),
+    "when-unsatisfiable-unknown": (
+        {"environment.spread.when_unsatisfiable": "ignore"},
+        "environment.spread.when_unsatisfiable: expected one of fail, schedule_anyway, got 'ignore'",
+    ),
+    "substrate-unknown": (
+        {"services.catalog.substrate": "docker"},
+        "services.catalog.substrate: expected one of vm, metal, local, got 'docker'",
+    ),
+    "unknown-service-in-environment": (
+        {"environment.services.catalgo": {"instances": 1}},
+        "environment.services.catalgo: unknown service (declared: catalog, orders); did you mean 'catalog'?",
+    ),
+    "service-without-instances": (
+        {"environment.services.orders": DELETE},
+        "environment.services.orders: is required: every declared service needs an instance count here",
+    ),
+    "lb-on-unknown-machine": (
+        {"estate.datacenters.dc1.loadbalancers.lb-dc1.machine": "hv-z"},
+        "estate.datacenters.dc1.loadbalancers.lb-dc1.machine: expected a hypervisor or local machine of "
+        "datacenter dc1 (hv-a, hv-b), got 'hv-z'",
+    ),
+    "duplicate-machine-name": (
+        {"estate.datacenters.dc2.hypervisors.hv-a": HV},
+        "estate.datacenters.dc2.hypervisors.hv-a: duplicate name: 'hv-a' is already declared at "
+        "estate.datacenters.dc1.hypervisors.hv-a",
+    ),
+    "duplicate-address": (
+        {"estate.datacenters.dc1.loadbalancers.lb-dc1.address": "10.90.1.1"},
+        "estate.datacenters.dc1.loadbalancers.lb-dc1.address: duplicate address 10.90.1.1: already used by "
+        "estate.datacenters.dc1.address_pool.gateway",
+    ),
+    "metal-address-outside-pool": (
+        {"estate.datacenters.dc1.metal": {"bm-1": dict(METAL, address="192.0.2.10")}},
+        "estate.datacenters.dc1.metal.bm-1.address: expected an address inside 10.90.1.0/24, got 192.0.2.10",
+    ),
+    "bad-cidr": (
+        {"estate.datacenters.dc1.address_pool": {"cidr": "10.90.1.0/33"}},
+        "estate.datacenters.dc1.address_pool.cidr: expected an IPv4 network such as 10.1.0.0/24",
+    ),
+    "overlapping-pools": (
+        {"estate.datacenters.dc2.address_pool": {"cidr": "10.90.0.0/16", "start": "10.90.3.16"}},
+        "estate.datacenters.dc2.address_pool.cidr: expected a network apart from datacenter dc1's 10.90.1.0/24",
+    ),
+    "pool-too-small": (
+        {
+            "estate.datacenters.dc1.address_pool": {
+                "cidr": "10.90.1.0/24",
+                "start": "10.90.1.16",
+                "end": "10.90.1.20",
+            }
+        },
+        "estate.datacenters.dc1.address_pool: too small: instance orders-1 needs slot 17 but "
+        "10.90.1.16-10.90.1.20 holds 5 addresses",
+    ),
+    "block-size-too-small": (
+        {"estate.datacenters.dc1.address_pool.block_size": 1},
+        "estate.datacenters.dc1.address_pool.block_size: service catalog needs more than 1 addresses in dc1",
+    ),
+    "instances-exceed-machines": (
+        {"environment.services.catalog.instances": 5},
+        "environment.services.catalog.instances: 5 instances but only 4 usable hypervisor machine(s): "
+        "environment.colocation is false, so no two instances of a service share a machine",
+    ),
+    "skew-impossible": (
+        {"estate.datacenters.dc2.hypervisors": DELETE, "environment.services.catalog.instances": 2},
+        "environment.services.catalog.instances: cannot place catalog-2 (needs 1 vCPU / 512 MiB on a hypervisor) "
+        "within spread max_skew 1 (instances per datacenter so far: dc1: 1, dc2: 0)",
+    ),
+    "instance-larger-than-any-machine": (
+        {"services.orders.resources.vcpus": 64},
+        "environment.services.orders.instances: each instance needs 64 vCPU / 512 MiB; no hypervisor machine "
+        "is that large (hv-a, hv-b, hv-c, hv-d)",
+    ),
+    "bmc-literal-password": (
+        {"estate.datacenters.dc1.metal": {"bm-1": dict(METAL, bmc=dict(METAL["bmc"], password=SECRET))}},
+        "estate.datacenters.dc1.metal.bm-1.bmc.password: expected a vault reference such as "
+        "'{{ vault_bmc_password }}', not a literal secret",
+    ),
+    "health-path-relative": (
+        {"services.catalog.health.path": "health"},
+        "services.catalog.health.path: expected a URL path starting with '/', got 'health'",
+    ),
+    "service-name-uppercase": (
+        {"services.Catalog": spec()["services"]["catalog"]},
+        "services.Catalog: expected a name of lowercase letters, digits and '-'",
+    ),
+    "estate-missing": ({"estate": DELETE}, "estate: is required"),
+    "no-datacenters": ({"estate.datacenters": {}}, "estate.datacenters: expected at least one entry"),
+    "duplicate-service-port": (
+        {"services.orders.port": 8080},
+        "services.orders.port: expected a port no other service uses, got 8080 (also services.catalog)",
+    ),
+    "colocated-port-clash": (
+        {
+            "environment.colocation": True,
+            "estate.datacenters.dc2": DELETE,
+            "estate.datacenters.dc1.hypervisors.hv-b": DELETE,
+            "services.orders.port": 8081,
+        },
+        "services.orders.port: orders-1 would listen on test-hv-a:8081, already used by catalog-2",
+    ),
+    "lb-inside-allocation-range": (
+        {"estate.datacenters.dc1.loadbalancers.lb-dc1.address": "10.90.1.40"},
+        "estate.datacenters.dc1.loadbalancers.lb-dc1.address: expected an address outside the allocation range "
+        "10.90.1.16-10.90.1.254",
+    ),
+    "colocation-not-boolean": (
+        {"environment.colocation": "yes"},
+        "environment.colocation: expected true or false, got string 'yes'",
+    ),
+    "metal-service-without-metal": (
+        {"services.orders.substrate": "metal"},
+        "environment.services.orders.instances: 2 instance(s) with substrate metal need a metal machine, "
+        "and the estate declares none",
+    ),
+    "version-missing": ({"services.catalog.version": DELETE}, "services.catalog.version: is required"),
+}
+
+
+def materialise(changes: dict[str, Any]) -> dict[str, Any]:
+    raw = spec(**{k: v for k, v in changes.items() if "." in k})
+    for key, value in changes.items():
+        if "." not in key:
+            if value is DELETE:
+                del raw[key]
+            else:
+                raw[key] = value
+    return raw
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CORPUS) >= 25
+
+
+def test_base_spec_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "base.berth.yml"
+    path.write_text(yaml.safe_dump(spec()))
+    result = subprocess.run(
+        [ANSIBLE_INVENTORY, "-i", str(path), "--list"], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("case", sorted(CORPUS))
+def test_malformed_spec_fails_with_one_clear_message(case: str, tmp_path: Path) -> None:
+    changes, expected = CORPUS[case]
+    path = tmp_path / f"{case}.berth.yml"
+    path.write_text(yaml.safe_dump(materialise(changes), sort_keys=False))
+    result = subprocess.run(
+        [ANSIBLE_INVENTORY, "-i", str(path), "--list"], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"{path}: {expected}" in output, output
+    # one parser, one message (no fallback parsers adding their own complaints)
+    assert output.count("Failed to parse inventory with") == 2, output
+    assert SECRET not in output
