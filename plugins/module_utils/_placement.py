@@ -21,9 +21,10 @@ Rules (see docs/placement.md):
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ansible_collections.berth.fleet.plugins.module_utils._spec import (
@@ -76,11 +77,8 @@ class _MachineState:
     index_in_dc: int
     used_vcpus: int = 0
     used_memory_mib: int = 0
+    total: int = 0
     per_service: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def total(self) -> int:
-        return sum(self.per_service.values())
 
     def fits(self, need: Resources) -> bool:
         capacity = self.machine.capacity
@@ -88,6 +86,16 @@ class _MachineState:
             self.used_vcpus + need.vcpus <= capacity.vcpus
             and self.used_memory_mib + need.memory_mib <= capacity.memory_mib
         )
+
+    def load_key(self) -> tuple[int, float, int]:
+        """Least loaded first: fewest instances, then lowest memory use, then declaration order."""
+        return (self.total, self.used_memory_mib / self.machine.capacity.memory_mib, self.index_in_dc)
+
+    def take(self, service: Service) -> None:
+        self.used_vcpus += service.resources.vcpus
+        self.used_memory_mib += service.resources.memory_mib
+        self.total += 1
+        self.per_service[service.name] += 1
 
     def free(self) -> str:
         capacity = self.machine.capacity
@@ -97,36 +105,74 @@ class _MachineState:
         )
 
 
+class _Shelf:
+    """The machines of one kind in one datacenter, kept in load order (a heap with lazy updates).
+
+    Choosing a machine costs the few machines skipped on the way (full ones, or ones that already
+    run the service) instead of a scan of the whole datacenter: 10,000 machines place in seconds.
+    """
+
+    def __init__(self, states: list[_MachineState]) -> None:
+        self.states = states
+        self.heap = [(s.load_key(), s) for s in states]
+        heapq.heapify(self.heap)
+
+    def choose(self, eligible: Callable[[_MachineState], bool]) -> _MachineState | None:
+        skipped = []
+        chosen = None
+        while self.heap:
+            key, state = heapq.heappop(self.heap)
+            if key != state.load_key():
+                continue  # stale entry: the machine was re-queued with its new load
+            if eligible(state):
+                chosen = state
+                break
+            skipped.append((key, state))
+        for item in skipped:
+            heapq.heappush(self.heap, item)
+        return chosen
+
+    def requeue(self, state: _MachineState) -> None:
+        heapq.heappush(self.heap, (state.load_key(), state))
+
+
 class _Placer:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
-        self.states: dict[str, list[_MachineState]] = {
-            dc.name: [_MachineState(m, i) for i, m in enumerate(dc.machines)] for dc in topology.datacenters
-        }
+        self.shelves: dict[tuple[str, str], _Shelf] = {}
+        for dc in topology.datacenters:
+            for kind in ("hypervisor", "metal", "local"):
+                states = [_MachineState(m, i) for i, m in enumerate(dc.machines) if m.kind == kind]
+                self.shelves[(dc.name, kind)] = _Shelf(states)
         self.per_dc: dict[str, Counter[str]] = defaultdict(Counter)  # service -> dc -> count
+        self.usable_cache: dict[tuple[str, Resources], int] = {}
+        self.by_kind: dict[str, list[Machine]] = defaultdict(list)
+        for machine in topology.machines:
+            self.by_kind[machine.kind].append(machine)
 
     def fail(self, service: str, expected: str) -> SpecError:
         return SpecError(self.topology.source, f"environment.services.{service}.instances", expected)
 
     def precheck(self, service: Service, count: int) -> None:
         """Reject counts no placement can satisfy, with the capacity that exists."""
+        if not count:
+            return
         kind = KIND_FOR_SUBSTRATE[service.substrate]
-        eligible = [m for m in self.topology.machines if m.kind == kind]
-        if count and not eligible:
+        eligible = self.by_kind[kind]
+        if not eligible:
             raise self.fail(
                 service.name,
                 f"{count} instance(s) with substrate {service.substrate} need a {kind} machine, "
                 "and the estate declares none",
             )
-        too_small = [m.name for m in eligible if not _fits(m.capacity, service.resources)]
-        if count and len(too_small) == len(eligible):
+        usable = self._usable(kind, service.resources)
+        if not usable:
             raise self.fail(
                 service.name,
                 f"each instance needs {service.resources.vcpus} vCPU / {service.resources.memory_mib} MiB; "
-                f"no {kind} machine is that large ({', '.join(too_small)})",
+                f"no {kind} machine is that large ({', '.join(m.name for m in eligible)})",
             )
         one_per_machine = kind == "metal" or not self.topology.colocation
-        usable = len(eligible) - len(too_small)
         if one_per_machine and count > usable:
             reason = (
                 "a bare-metal host carries exactly one instance"
@@ -137,6 +183,12 @@ class _Placer:
                 service.name, f"{count} instances but only {usable} usable {kind} machine(s): {reason}"
             )
 
+    def _usable(self, kind: str, need: Resources) -> int:
+        """How many machines of a kind could hold one such instance (cached: few distinct shapes)."""
+        if (kind, need) not in self.usable_cache:
+            self.usable_cache[(kind, need)] = sum(1 for m in self.by_kind[kind] if _fits(m.capacity, need))
+        return self.usable_cache[(kind, need)]
+
     def place(self, service: Service, ordinal: int) -> tuple[str, _MachineState]:
         kind = KIND_FOR_SUBSTRATE[service.substrate]
         counts = self.per_dc[service.name]
@@ -144,28 +196,21 @@ class _Placer:
         dc_order = sorted(self.topology.datacenters, key=lambda dc: (counts[dc.name], declared[dc.name]))
         skipped: list[str] = []
         for dc in dc_order:
-            candidates = [s for s in self.states[dc.name] if self._eligible(s, service, kind)]
-            if not candidates:
-                skipped.append(self._why_full(dc, service, kind))
-                continue
             after = Counter(counts)
             after[dc.name] += 1
             skew = max(after.values()) - min(after[d.name] for d in self.topology.datacenters)
-            if skew > self.topology.spread.max_skew and self.topology.spread.when_unsatisfiable == "fail":
-                break
-            chosen = min(
-                candidates,
-                key=lambda s: (
-                    s.per_service[service.name],
-                    s.total,
-                    s.used_memory_mib / s.machine.capacity.memory_mib,
-                    s.index_in_dc,
-                ),
+            skew_ok = (
+                skew <= self.topology.spread.max_skew or self.topology.spread.when_unsatisfiable != "fail"
             )
+            chosen = self._choose(dc.name, service, kind) if skew_ok else None
+            if chosen is None:
+                if not skew_ok:
+                    break
+                skipped.append(self._why_full(dc, service, kind))
+                continue
             counts[dc.name] += 1
-            chosen.used_vcpus += service.resources.vcpus
-            chosen.used_memory_mib += service.resources.memory_mib
-            chosen.per_service[service.name] += 1
+            chosen.take(service)
+            self.shelves[(dc.name, kind)].requeue(chosen)
             return dc.name, chosen
         spread = ", ".join(f"{d.name}: {counts[d.name]}" for d in self.topology.datacenters)
         raise self.fail(
@@ -177,15 +222,18 @@ class _Placer:
             f"available: {'; '.join(skipped) or 'no datacenter keeps the skew'}",
         )
 
-    def _eligible(self, state: _MachineState, service: Service, kind: str) -> bool:
-        if state.machine.kind != kind or not state.fits(service.resources):
-            return False
+    def _choose(self, dc_name: str, service: Service, kind: str) -> _MachineState | None:
+        shelf = self.shelves[(dc_name, kind)]
+        if kind != "metal" and self.topology.colocation:
+            # colocated environments are small: prefer the machine with fewest of this service
+            candidates = [s for s in shelf.states if s.fits(service.resources)]
+            return min(candidates, key=lambda s: (s.per_service[service.name], s.load_key()), default=None)
         if kind == "metal":
-            return state.total == 0
-        return self.topology.colocation or state.per_service[service.name] == 0
+            return shelf.choose(lambda s: s.total == 0 and s.fits(service.resources))
+        return shelf.choose(lambda s: s.per_service[service.name] == 0 and s.fits(service.resources))
 
     def _why_full(self, dc: Datacenter, service: Service, kind: str) -> str:
-        states = [s for s in self.states[dc.name] if s.machine.kind == kind]
+        states = self.shelves[(dc.name, kind)].states
         if not states:
             return f"{dc.name} has no {kind}"
         return f"{dc.name}: " + ", ".join(

@@ -14,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal, TypeVar
 
 SUBSTRATES = ("vm", "metal", "local")
@@ -138,15 +139,23 @@ class Topology:
     services: tuple[Service, ...]
     policies: Mapping[str, ServicePolicy]
 
-    @property
+    @cached_property
     def machines(self) -> tuple[Machine, ...]:
         return tuple(m for dc in self.datacenters for m in dc.machines)
 
+    @cached_property
+    def _datacenters_by_name(self) -> dict[str, Datacenter]:
+        return {dc.name: dc for dc in self.datacenters}
+
+    @cached_property
+    def _services_by_name(self) -> dict[str, Service]:
+        return {s.name: s for s in self.services}
+
     def datacenter(self, name: str) -> Datacenter:
-        return next(dc for dc in self.datacenters if dc.name == name)
+        return self._datacenters_by_name[name]
 
     def service(self, name: str) -> Service:
-        return next(s for s in self.services if s.name == name)
+        return self._services_by_name[name]
 
 
 # --------------------------------------------------------------------------- primitives
