@@ -44,6 +44,14 @@ options:
         and the C(substrate) it wants (C(vm), C(metal) or C(local)).
     required: true
     type: dict
+  state_dir:
+    description:
+      - Where Berth keeps per-environment state on the controller, under C(<state_dir>/<environment>/)
+        (the operator SSH key and the known_hosts of lab nodes, rollout journals).
+    type: path
+    default: /var/lib/berth
+    env:
+      - name: BERTH_STATE_DIR
   environment:
     description:
       - C(name), C(services) (per service C(instances) and optionally C(max_unavailable)),
@@ -105,11 +113,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         super().parse(inventory, loader, path, cache)
         raw = self.loader.load_from_file(path, cache="none")
         try:
-            data = build_inventory(load_placement(raw, path))
+            placement = load_placement(raw, path)
         except SpecError as exc:
             raise AnsibleParserError(str(exc), orig_exc=exc) from exc
         self._read_config_data(path)
-        self._populate(data)
+        self._populate(build_inventory(placement, self.get_option("state_dir")))
 
     def _populate(self, data: InventoryData) -> None:
         for group, group_vars in data.group_vars.items():

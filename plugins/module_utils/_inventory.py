@@ -11,10 +11,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.berth.fleet.plugins.module_utils import _lab
 from ansible_collections.berth.fleet.plugins.module_utils._placement import Instance, Placement, place
 from ansible_collections.berth.fleet.plugins.module_utils._spec import Machine, Topology, parse_topology
 
 _UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9_]")
+DEFAULT_STATE_DIR = "/var/lib/berth"
 
 
 def group_name(prefix: str, name: str) -> str:
@@ -44,13 +46,15 @@ def load_placement(raw: Any, source: str) -> Placement:
     return place(parse_topology(raw, source))
 
 
-def build_inventory(placement: Placement) -> InventoryData:
+def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) -> InventoryData:
     topology = placement.topology
     data = InventoryData()
     data.group_vars["all"] = {
         "berth_environment": topology.environment,
         "berth_colocation": topology.colocation,
         "berth_datacenters": _datacenters(topology),
+        "berth_state_dir": str(_lab.environment_dir(state_dir, topology.environment)),
+        "berth_lab_namespace": topology.lab_namespace,
     }
     # a service's descriptor sits on its group, so each host carries only its own service's
     for service_name, descriptor in _services(topology).items():
@@ -87,7 +91,21 @@ def build_inventory(placement: Placement) -> InventoryData:
         if carrier:
             groups += [group_name("machine", lb.machine), group_name("substrate", substrate)]
         data.add(lb.name, host_vars, groups)
+    if topology.lab_namespace:
+        for host_vars in data.hosts.values():
+            host_vars.update(_lab_connection(topology, state_dir, host_vars["berth_dc"]))
     return data
+
+
+def _lab_connection(topology: Topology, state_dir: str, dc: str) -> dict[str, Any]:
+    """How the controller reaches a node inside the lab namespace: SSH through the namespace."""
+    env = topology.environment
+    return {
+        "berth_bridge": _lab.bridge_name(dc),
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(_lab.operator_key(state_dir, env)),
+        "ansible_ssh_common_args": _lab.ssh_common_args(state_dir, env, topology.lab_namespace),
+    }
 
 
 def _instance_vars(topology: Topology, instance: Instance, machine: Machine) -> dict[str, Any]:

@@ -26,6 +26,8 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
 VAULT_REF_RE = re.compile(r"^\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}$")
 PERCENT_RE = re.compile(r"^(\d{1,3})%$")
 
+from ansible_collections.berth.fleet.plugins.module_utils._lab import IFNAMSIZ, bridge_name, default_namespace
+
 T = TypeVar("T")
 
 
@@ -138,6 +140,7 @@ class Topology:
     datacenters: tuple[Datacenter, ...]
     services: tuple[Service, ...]
     policies: Mapping[str, ServicePolicy]
+    lab_namespace: str = ""  # set: Berth builds the DC networks as bridges in this network namespace
 
     @cached_property
     def machines(self) -> tuple[Machine, ...]:
@@ -442,7 +445,7 @@ def parse_topology(raw: Any, source: str) -> Topology:
     parser.keys(top, "", TOP_REQUIRED, TOP_OPTIONAL)
 
     estate = parser.mapping(top["estate"], "estate")
-    parser.keys(estate, "estate", ("datacenters",))
+    parser.keys(estate, "estate", ("datacenters",), ("lab_namespace",))
     datacenters = parser.named_entries(
         estate["datacenters"], "estate.datacenters", parser.datacenter, allow_empty=False
     )
@@ -468,6 +471,7 @@ def parse_topology(raw: Any, source: str) -> Topology:
         datacenters=datacenters,
         services=services,
         policies=_policies(parser, env, services),
+        lab_namespace=_lab_namespace(parser, estate, datacenters, env["name"]),
     )
     _check_references(parser, topology)
     return topology
@@ -502,6 +506,35 @@ def _policies(
         unavailable = _max_unavailable(parser, unavailable_raw, unavailable_key, max(instances, 1))
         policies[service.name] = ServicePolicy(instances, unavailable)
     return policies
+
+
+def _lab_namespace(
+    parser: _Reader, estate: Mapping[str, Any], datacenters: tuple[Datacenter, ...], environment: str
+) -> str:
+    """Local machines always live in a lab namespace; other estates only when they say so."""
+    has_local = any(m.kind == "local" for dc in datacenters for m in dc.machines)
+    if "lab_namespace" in estate:
+        namespace = parser.string(
+            estate["lab_namespace"],
+            "estate.lab_namespace",
+            re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
+            "a network namespace name (letters, digits, '.', '_', '-')",
+        )
+    elif has_local:
+        namespace = default_namespace(environment)
+    else:
+        return ""
+    bridges: dict[str, str] = {}
+    for dc in datacenters:
+        bridge = bridge_name(dc.name)
+        if bridge in bridges:
+            raise parser.fail(
+                f"estate.datacenters.{dc.name}",
+                f"expected datacenter names that differ in their first {IFNAMSIZ - 3} characters "
+                f"(the lab bridge {bridge!r} would also serve {bridges[bridge]})",
+            )
+        bridges[bridge] = dc.name
+    return namespace
 
 
 def _check_references(parser: _Reader, topology: Topology) -> None:

@@ -101,6 +101,20 @@ def test_host_and_group_variables(envs: dict[str, dict[str, Any]]) -> None:
     assert "berth_service_spec" not in prod["_meta"]["hostvars"]["lb-dc1"]
 
 
+def test_lab_nodes_are_reached_through_the_lab_namespace_with_strict_host_keys(
+    envs: dict[str, dict[str, Any]],
+) -> None:
+    lab = envs["lab"]["_meta"]["hostvars"]
+    for host in ("catalog-1", "lb-dc2"):
+        args = lab[host]["ansible_ssh_common_args"]
+        assert "StrictHostKeyChecking=yes" in args
+        assert "UserKnownHostsFile=/var/lib/berth/lab/known_hosts" in args
+        assert "nsenter --net=/run/netns/berth-lab" in args
+    assert lab["lb-dc2"]["berth_bridge"] == "br-dc2"
+    # real estates are reached directly, with the operator's own SSH setup
+    assert not any("ansible_ssh_common_args" in v for v in envs["prod"]["_meta"]["hostvars"].values())
+
+
 def test_constructable_keyed_groups_and_compose(tmp_path: Path) -> None:
     raw = spec()
     raw["keyed_groups"] = [{"key": "berth_service_spec.version", "prefix": "version"}]

@@ -193,6 +193,23 @@ CORPUS: dict[str, tuple[Any, str]] = {
         "environment.services.orders.instances: 2 instance(s) with substrate metal need a metal machine, "
         "and the estate declares none",
     ),
+    "lab-bridge-names-collide": (
+        {
+            "estate.lab_namespace": "berth-test",
+            "estate.datacenters.dc2": DELETE,
+            "estate.datacenters.frankfurt-east-1": {"address_pool": {"cidr": "10.91.1.0/24"}},
+            "estate.datacenters.frankfurt-east-2": {"address_pool": {"cidr": "10.91.2.0/24"}},
+            "environment.services.catalog.instances": 1,
+            "environment.services.orders.instances": 1,
+            "environment.spread.when_unsatisfiable": "schedule_anyway",
+        },
+        "estate.datacenters.frankfurt-east-2: expected datacenter names that differ in their first 12 characters "
+        "(the lab bridge 'br-frankfurt-ea' would also serve frankfurt-east-1)",
+    ),
+    "lab-namespace-bad-name": (
+        {"estate.lab_namespace": "berth lab"},
+        "estate.lab_namespace: expected a network namespace name (letters, digits, '.', '_', '-'), got 'berth lab'",
+    ),
     "version-missing": ({"services.catalog.version": DELETE}, "services.catalog.version: is required"),
 }
 
