@@ -55,6 +55,7 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
         "berth_datacenters": _datacenters(topology),
         "berth_state_dir": str(_lab.environment_dir(state_dir, topology.environment)),
         "berth_lab_namespace": topology.lab_namespace,
+        "berth_lab_bridges": _lab_bridges(topology),
     }
     # a service's descriptor sits on its group, so each host carries only its own service's
     for service_name, descriptor in _services(topology).items():
@@ -95,6 +96,19 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
         for host_vars in data.hosts.values():
             host_vars.update(_lab_connection(topology, state_dir, host_vars["berth_dc"]))
     return data
+
+
+def _lab_bridges(topology: Topology) -> list[dict[str, str]]:
+    """The lab's datacenter bridges, each holding its DC's gateway address."""
+    if not topology.lab_namespace:
+        return []
+    return [
+        {
+            "name": _lab.bridge_name(dc.name),
+            "address": f"{dc.pool.gateway}/{dc.pool.network.prefixlen}",
+        }
+        for dc in topology.datacenters
+    ]
 
 
 def _lab_connection(topology: Topology, state_dir: str, dc: str) -> dict[str, Any]:

@@ -139,3 +139,66 @@ def test_ansible_doc_documents_the_plugin() -> None:
         check=True,
     )
     assert "keyed_groups" in result.stdout and "environment" in result.stdout
+
+
+def test_nodes_are_unique_and_sized_for_what_they_carry(envs: dict[str, dict[str, Any]]) -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils._nodes import nodes
+
+    ci = envs["ci"]
+    hostvars = ci["_meta"]["hostvars"]
+    found = {n["name"]: n for n in nodes(hostvars, sorted(hostvars))}
+    assert sorted(found) == ["ci-ci-box", "ci-lb-ci"]
+    box = found["ci-ci-box"]
+    assert sorted(box["hosts"]) == ["catalog-1", "catalog-2", "orders-1", "orders-2"]
+    assert (box["vcpus"], box["memory_mib"]) == (4, 1024)
+    assert (box["bridge"], box["prefix"], box["gateway"]) == ("br-dc1", 24, "10.71.1.1")
+    assert found["ci-lb-ci"]["vcpus"] == 0
+    lab = envs["lab"]["_meta"]["hostvars"]
+    assert len(nodes(lab, sorted(lab))) == 10
+    assert lab["catalog-1"]["berth_lab_bridges"] == [
+        {"name": "br-dc1", "address": "10.70.1.1/24"},
+        {"name": "br-dc2", "address": "10.70.2.1/24"},
+    ]
+    assert envs["prod"]["_meta"]["hostvars"]["catalog-1"]["berth_lab_bridges"] == []
+
+
+def test_metal_hosts_carry_one_instance_and_a_templatable_bmc_reference(tmp_path: Path) -> None:
+    def metal(dc: int) -> dict[str, Any]:
+        return {
+            "address": f"10.90.{dc}.10",
+            "hardware": {"vcpus": 8, "memory_mib": 8192},
+            "bmc": {"address": f"bmc{dc}.invalid", "username": "admin", "password": "{{ vault_bmc }}"},
+        }
+
+    raw = spec(
+        **{
+            "services.orders.substrate": "metal",
+            "estate.datacenters.dc1.metal": {"bm-1": metal(1)},
+            "estate.datacenters.dc2.metal": {"bm-2": metal(2)},
+        }
+    )
+    path = tmp_path / "metal.berth.yml"
+    path.write_text(yaml.safe_dump(raw))
+    hostvars = plain(inventory(path))["_meta"]["hostvars"]
+    assert {hostvars[h]["berth_node"] for h in ("orders-1", "orders-2")} == {"bm-1", "bm-2"}
+    assert hostvars["orders-1"]["ansible_host"] == "10.90.1.10"
+    # the reference resolves where it is used (in real use, from a vaulted vars file)
+    result = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "-i",
+            str(path),
+            "orders-1",
+            "-m",
+            "debug",
+            "-a",
+            "msg={{ berth_bmc.password }}",
+            "-e",
+            "vault_bmc=from-the-vault",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert "from-the-vault" in result.stdout
