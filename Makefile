@@ -12,7 +12,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev git \
 	openssh-client openssh-server debootstrap systemd-container iproute2 \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
-	iptables haproxy socat wrk rsync linux-image-amd64 initramfs-tools ipmitool e2fsprogs
+	iptables haproxy socat wrk rsync procps linux-image-amd64 initramfs-tools ipmitool e2fsprogs
 
 .PHONY: help deps apt venv collection demo test lint unit integration sanity clean
 
@@ -56,7 +56,7 @@ lint: deps
 	ruff check plugins tests bench
 	ruff format --check plugins tests bench
 	cd $(COLLECTION_LINK) && mypy --explicit-package-bases plugins/module_utils
-	ansible-lint --profile production --offline -q
+	ansible-lint --profile production --offline --nocolor -q
 
 sanity: deps
 	@tests/sanity/run.sh

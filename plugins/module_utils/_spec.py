@@ -268,6 +268,7 @@ def _describe(raw: Any) -> str:
 TOP_REQUIRED = ("estate", "services", "environment")
 TOP_OPTIONAL = (
     "plugin",
+    "state_dir",
     "compose",
     "groups",
     "keyed_groups",

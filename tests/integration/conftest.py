@@ -1,0 +1,116 @@
+"""Fixtures for tests against the real local substrate: playbook runner, SSH into the lab, host snapshots.
+
+Everything a test creates is named with a per-run suffix (``lab_run_id``) so that a crashed run never
+collides with the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lab import PlaybookRun, local_play, run_playbook
+
+
+@dataclass
+class LabMetrics:
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+
+@pytest.fixture(scope="session")
+def lab_run_id() -> str:
+    return secrets.token_hex(3)
+
+
+LAB_METRICS = pytest.StashKey[LabMetrics]()
+
+
+@pytest.fixture(scope="session")
+def lab_metrics(request: pytest.FixtureRequest) -> LabMetrics:
+    """Measurements worth reading (timings, memory): printed in the terminal summary, never asserted."""
+    return request.config.stash.setdefault(LAB_METRICS, LabMetrics())
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    metrics = config.stash.get(LAB_METRICS, None)
+    if metrics is not None and metrics.lines:
+        terminalreporter.write_sep("-", "local substrate measurements")
+        for line in metrics.lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def lab_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("substrate")
+
+
+@pytest.fixture(scope="session")
+def lab_playbook(lab_workdir: Path) -> Callable[..., PlaybookRun]:
+    """Run a generated playbook (a list of plays) with ansible-playbook from the checkout."""
+
+    counter = iter(range(1000))
+
+    def run(plays: list[dict[str, Any]], extra_vars: dict[str, Any], *flags: str) -> PlaybookRun:
+        index = next(counter)
+        playbook = lab_workdir / f"play-{index}.yml"
+        playbook.write_text(yaml.safe_dump(plays, sort_keys=False))
+        variables = lab_workdir / f"vars-{index}.json"
+        variables.write_text(json.dumps(extra_vars))
+        return run_playbook(playbook, "localhost,", "-e", f"@{variables}", *flags)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def lab_key(lab_workdir: Path) -> Path:
+    key = lab_workdir / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "berth-test", "-f", str(key)], check=True
+    )
+    return key
+
+
+@pytest.fixture(scope="session")
+def lab_image(
+    lab_playbook: Callable[..., PlaybookRun], lab_workdir: Path, lab_metrics: LabMetrics
+) -> dict[str, Any]:
+    """The base image, built once per machine (cold ~1 min) and reused from the cache afterwards."""
+    result_file = lab_workdir / "image.json"
+    run = lab_playbook(
+        [
+            local_play(
+                "base image",
+                [
+                    {
+                        "name": "image",
+                        "berth.fleet.base_image": {"name": "bookworm-lab"},
+                        "register": "image",
+                    },
+                    {
+                        "name": "save",
+                        "ansible.builtin.copy": {
+                            "content": "{{ image | to_json }}",
+                            "dest": str(result_file),
+                        },
+                        "changed_when": False,
+                    },
+                ],
+            )
+        ],
+        {},
+    )
+    assert run.returncode == 0, run.output[-4000:]
+    image: dict[str, Any] = json.loads(result_file.read_text())
+    how = f"built in {image['build_seconds']} s (cold)" if image["built"] else "cached"
+    lab_metrics.add(f"base image {image['image_id']}: {how}; playbook wall time {run.seconds} s")
+    return image
