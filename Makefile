@@ -14,11 +14,12 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev git \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
 	iptables haproxy socat wrk rsync procps linux-image-amd64 initramfs-tools ipmitool e2fsprogs
 
-.PHONY: help deps apt venv collection demo test lint unit integration sanity clean
+.PHONY: help deps apt venv collection demo provision destroy lab-shell test lint unit integration sanity clean
 
 help:
-	@echo "make demo   - run the main job on the built-in local lab estate"
-	@echo "make test   - install what is needed and run every test"
+	@echo "make demo      - run the main job on the built-in local lab estate (KEEP=1 leaves it up)"
+	@echo "make test      - install what is needed and run every test"
+	@echo "make provision / destroy / lab-shell [ENV=lab|ci|dev]"
 
 deps: apt venv collection
 
@@ -46,11 +47,38 @@ $(COLLECTION_LINK):
 	@ln -sfn ../.. $(COLLECTION_LINK)
 
 ENVIRONMENTS := dev ci prod lab
+# the environment the lab verbs act on (a local-substrate inventory)
+ENV ?= lab
+# make demo KEEP=1 leaves the lab running (then: make lab-shell, make destroy)
+KEEP ?=
 
 demo: deps
+	@echo "== placement of every environment (inventories/*/topology.berth.yml)"
 	@for env in $(ENVIRONMENTS); do \
 	  ansible-playbook -i inventories/$$env playbooks/placement.yml | sed -n '/msg: |-/,/^$$/p' | sed '1d; s/^        //'; \
 	done
+	@echo "== provision the $(ENV) estate on this machine"
+	@start=$$(date +%s); ansible-playbook -i inventories/$(ENV) playbooks/provision.yml \
+	  | grep -E '^(PLAY|TASK|ok: \[localhost\] => *$$|changed|fatal|    msg)' | grep -v '^$$' || exit 1; \
+	  echo "provisioned in $$(( $$(date +%s) - start )) s"
+	@echo "== every node answers over SSH (strict host key checking, Berth's known_hosts)"
+	@ansible -i inventories/$(ENV) all -m ansible.builtin.command -a "systemctl is-system-running" \
+	  | paste -d' ' - - | awk '{print "  " $$1, $$NF}'
+	@if [ -z "$(KEEP)" ]; then $(MAKE) --no-print-directory destroy ENV=$(ENV); \
+	else echo "== left running: make lab-shell ENV=$(ENV) to look around, make destroy ENV=$(ENV) to remove it"; fi
+
+provision: deps
+	ansible-playbook -i inventories/$(ENV) playbooks/provision.yml
+
+destroy: deps
+	@start=$$(date +%s); ansible-playbook -i inventories/$(ENV) playbooks/destroy.yml | tail -3; \
+	  echo "destroyed in $$(( $$(date +%s) - start )) s"
+
+# a shell inside the lab network namespace (ssh/curl the lab hosts from there)
+lab-shell:
+	@ns=$$(ansible-inventory -i inventories/$(ENV) --host $$(ansible-inventory -i inventories/$(ENV) --graph | grep -m1 -oE '[a-z]+-[0-9]+') \
+	  | python3 -c 'import json,sys; print(json.load(sys.stdin)["berth_lab_namespace"])'); \
+	  echo "inside network namespace $$ns (exit to leave)"; exec nsenter --net=/run/netns/$$ns $${SHELL:-bash}
 
 lint: deps
 	ruff check plugins tests bench

@@ -494,3 +494,39 @@ def test_destroy_leaves_the_host_as_it_was(lab_estate: Estate, lab_metrics: Any)
     assert not (lab_estate.state_dir / lab_estate.environment).exists()
     again = run_playbook(DESTROY, str(lab_estate.spec))
     assert again.returncode == 0 and again.changed == 0, again.output[-4000:]
+
+
+@pytest.mark.parametrize("shape", ["dev", "ci"])
+def test_dev_and_ci_shapes_provision_and_destroy(shape: str, lab_run_id: str, lab_workdir: Path) -> None:
+    """The laptop (1 per service) and CI (2 per service colocated on one machine) environments."""
+    environment = f"{shape[0]}{lab_run_id}"
+    spec = lab_spec(
+        lab_workdir / f"{environment}.berth.yml", environment, lab_workdir / f"{shape}-state", shape
+    )
+    hostvars = inventory_hostvars(spec)
+    machines = nodes(hostvars, sorted(hostvars))
+    baseline = host_snapshot()
+    try:
+        up = run_playbook(PROVISION, str(spec))
+        assert up.returncode == 0, up.output[-4000:]
+        # every inventory host answers through the inventory's own connection settings
+        ping = subprocess.run(
+            [str(BIN / "ansible"), "-i", str(spec), "all", "-m", "ansible.builtin.ping"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert ping.stdout.count("SUCCESS") == len(hostvars)
+    finally:
+        down = run_playbook(DESTROY, str(spec))
+        if down.returncode != 0:
+            force_cleanup([m["name"] for m in machines], f"berth-{environment}")
+    assert down.returncode == 0, down.output[-4000:]
+    if shape == "ci":  # four instances, one machine: one node carries them all
+        assert len(machines) == 2 and len(machines[0]["hosts"] + machines[1]["hosts"]) == 5
+    deadline = time.monotonic() + 10
+    while host_snapshot() != baseline and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert host_snapshot() == baseline
