@@ -119,6 +119,8 @@ def _lab_connection(topology: Topology, state_dir: str, dc: str) -> dict[str, An
         "ansible_user": "root",
         "ansible_ssh_private_key_file": str(_lab.operator_key(state_dir, env)),
         "ansible_ssh_common_args": _lab.ssh_common_args(state_dir, env, topology.lab_namespace),
+        # labs reuse addresses in different namespaces: never share an SSH master across environments
+        "ansible_control_path": f"%(directory)s/{env}-%%C",
     }
 
 

@@ -111,6 +111,8 @@ def test_lab_nodes_are_reached_through_the_lab_namespace_with_strict_host_keys(
         assert "UserKnownHostsFile=/var/lib/berth/lab/known_hosts" in args
         assert "nsenter --net=/run/netns/berth-lab" in args
     assert lab["lb-dc2"]["berth_bridge"] == "br-dc2"
+    # the same addresses exist in other labs' namespaces: SSH masters are per environment
+    assert lab["catalog-1"]["ansible_control_path"] == "%(directory)s/lab-%%C"
     # real estates are reached directly, with the operator's own SSH setup
     assert not any("ansible_ssh_common_args" in v for v in envs["prod"]["_meta"]["hostvars"].values())
 

@@ -1,0 +1,121 @@
+"""Release staging/switching (on a temp dir) and the health gate logic (with a fake clock)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.berth.fleet.plugins.module_utils._health import (
+    GatePolicy,
+    HealthGateError,
+    wait_healthy,
+)
+from ansible_collections.berth.fleet.plugins.module_utils._release import (
+    ReleaseError,
+    ReleaseManager,
+    ReleaseRequest,
+    sha256_of,
+)
+
+
+def make_package(path: Path, version: str, evil: str | None = None) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in ((f"catalog-{version}/app.py", b"print('hi')\n"), (evil, b"x")):
+            if name is None:
+                continue
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def request(
+    root: Path, version: str, state: str = "current", package: Path | None = None, **kw: object
+) -> ReleaseRequest:
+    sha = sha256_of(package) if package else None
+    return ReleaseRequest(
+        instance="catalog-1",
+        artifact="catalog",
+        version=version,
+        state=state,
+        package=package,
+        sha256=kw.get("sha256", sha),
+        root=root,  # type: ignore[arg-type]
+    )
+
+
+def test_stage_switch_revert_and_idempotence(tmp_path: Path) -> None:
+    root = tmp_path / "opt"
+    v1 = make_package(tmp_path / "v1.tgz", "v1")
+    v2 = make_package(tmp_path / "v2.tgz", "v2")
+    first = ReleaseManager(request(root, "v1", package=v1), check_mode=False).run()
+    assert first.changed and first.current == "v1" and first.previous is None
+    assert (root / "instances/catalog-1/current/app.py").read_text() == "print('hi')\n"
+    assert not ReleaseManager(request(root, "v1", package=v1), check_mode=False).run().changed
+    staged = ReleaseManager(request(root, "v2", "present", package=v2), check_mode=False).run()
+    assert staged.changed and staged.current == "v1"  # staged beside, not switched
+    checked = ReleaseManager(request(root, "v2", package=v2), check_mode=True).run()
+    assert checked.changed and checked.current == "v2"
+    assert (root / "instances/catalog-1/current").resolve().name == "catalog-v1"  # check mode changed nothing
+    switched = ReleaseManager(request(root, "v2", package=v2), check_mode=False).run()
+    assert (switched.current, switched.previous) == ("v2", "v1")
+    reverted = ReleaseManager(request(root, "", "reverted"), check_mode=False).run()
+    assert (reverted.current, reverted.previous) == ("v1", "v2")
+    assert (root / "instances/catalog-1/current").resolve().name == "catalog-v1"
+
+
+def test_wrong_checksum_and_unsafe_members_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "opt"
+    v1 = make_package(tmp_path / "v1.tgz", "v1")
+    with pytest.raises(ReleaseError, match="refusing to use it"):
+        ReleaseManager(request(root, "v1", package=v1, sha256="0" * 64), check_mode=False).run()
+    evil = make_package(tmp_path / "evil.tgz", "v9", evil="../../etc/passwd")
+    with pytest.raises(ReleaseError, match="would land outside"):
+        ReleaseManager(request(root, "v9", package=evil), check_mode=False).run()
+    assert not (root / "releases" / "catalog-v9").exists()
+    with pytest.raises(ReleaseError, match="no previous release"):
+        ReleaseManager(request(root, "", "reverted"), check_mode=False).run()
+
+
+def test_a_staged_version_is_immutable(tmp_path: Path) -> None:
+    root = tmp_path / "opt"
+    ReleaseManager(
+        request(root, "v1", package=make_package(tmp_path / "a.tgz", "v1")), check_mode=False
+    ).run()
+    other = make_package(tmp_path / "b.tgz", "v1", evil="catalog-v1/extra.txt")
+    with pytest.raises(ReleaseError, match="a version is immutable"):
+        ReleaseManager(request(root, "v1", package=other), check_mode=False).run()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_gate_opens_after_rise_and_min_healthy_time() -> None:
+    clock = FakeClock()
+    answers = iter([503, None, 200, 503, 200, 200, 200] + [200] * 100)
+    probe = lambda url, timeout: (s := next(answers), f"HTTP {s}")  # noqa: E731
+    policy = GatePolicy("http://127.0.0.1:1/health", rise=3, interval=0.25, min_healthy_time=1.0)
+    outcome = wait_healthy(policy, probe=probe, clock=clock, sleep=clock.sleep)
+    assert outcome.risen_after == 1.5  # the 3rd passing check in a row (7th check)
+    assert outcome.waited == 2.5
+    assert outcome.failures == 3
+
+
+def test_gate_fails_at_the_deadline_with_what_it_saw() -> None:
+    clock = FakeClock()
+    policy = GatePolicy("http://127.0.0.1:1/health", timeout=3)
+    with pytest.raises(HealthGateError, match=r"not healthy within 3 s: last check HTTP 503"):
+        wait_healthy(policy, probe=lambda url, timeout: (503, "HTTP 503"), clock=clock, sleep=clock.sleep)
+    with pytest.raises(HealthGateError, match="rise must be >= 1"):
+        wait_healthy(GatePolicy("http://x/", rise=0))
