@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from ansible.module_utils.urls import open_url
 
 
 class HealthGateError(Exception):
@@ -56,8 +57,8 @@ class GateOutcome:
 def http_probe(url: str, timeout: float) -> tuple[int | None, str]:
     """(status, description); status None when no HTTP answer came back."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, f"HTTP {response.status}"
+        with open_url(url, timeout=timeout, follow_redirects="none", use_proxy=False) as response:
+            return int(response.status), f"HTTP {response.status}"
     except urllib.error.HTTPError as exc:
         return exc.code, f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:

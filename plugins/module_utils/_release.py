@@ -191,7 +191,7 @@ class ReleaseManager:
         try:
             with tarfile.open(request.package) as archive:
                 archive.extractall(staging, members=safe_members(archive, staging))
-            unpacked = [p for p in staging.iterdir()]
+            unpacked = list(staging.iterdir())
             # artifacts hold one top-level directory; its content is the release
             content = unpacked[0] if len(unpacked) == 1 and unpacked[0].is_dir() else staging
             marker_data = {"artifact": request.artifact, "version": request.version, "sha256": actual}
