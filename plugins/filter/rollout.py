@@ -1,0 +1,53 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: rollout_members
+short_description: Rollout members (DC, ordinal, current version, UP on every LB) from hostvars
+version_added: 0.1.0
+author:
+  - Berth maintainers (@berth)
+description:
+  - Input for M(berth.fleet.rollout_plan). Reads each instance's C(berth_dc), C(berth_instance),
+    the C(__rollout_current) version the rollout role queried, and whether every load balancer's
+    C(__rollout_lb) state has the instance in rotation.
+options:
+  _input:
+    description: C(hostvars).
+    type: dict
+    required: true
+  hosts:
+    description: The service's instances.
+    type: list
+    elements: str
+    required: true
+  lb_hosts:
+    description: The load balancers.
+    type: list
+    elements: str
+    required: true
+  backend:
+    description: The service's HAProxy backend.
+    type: str
+    required: true
+"""
+
+EXAMPLES = r"""
+- name: Members
+  ansible.builtin.set_fact:
+    members: "{{ hostvars | berth.fleet.rollout_members(groups['svc_catalog'], groups['lb'], 'be_catalog') }}"
+"""
+
+RETURN = r"""
+_value:
+  description: One dict per instance with name, dc, ordinal, version and up.
+  type: list
+  elements: dict
+"""
+
+from ansible_collections.berth.fleet.plugins.module_utils._rollout import members_from_inventory
+
+
+class FilterModule:
+    def filters(self):
+        return {"rollout_members": members_from_inventory}

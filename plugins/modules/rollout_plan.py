@@ -1,0 +1,149 @@
+#!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: rollout_plan
+short_description: Plan a zero-downtime rollout of one service (batches, budgets, preflight disruption check)
+version_added: 0.1.0
+author:
+  - Berth maintainers (@berth)
+description:
+  - Pure planning, runs on the controller and changes nothing. Given every instance of a service
+    with its datacenter, ordinal, current version and whether it is UP on every load balancer,
+    returns the instances that need the target version in DC-aware batches of at most
+    O(max_unavailable), or fails before anything is touched when the current state makes the
+    rollout unsafe (instances already DOWN beyond a budget).
+  - See docs/rollouts.md in the collection for the rules.
+options:
+  service:
+    description: Service name.
+    type: str
+    required: true
+  target:
+    description: Version to roll out.
+    type: str
+    required: true
+  max_unavailable:
+    description: Instances that may be unavailable at once (a count; the inventory resolves percentages).
+    type: int
+    required: true
+  members:
+    description: Every instance of the service.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: Inventory host of the instance.
+        type: str
+        required: true
+      dc:
+        description: Its datacenter.
+        type: str
+        required: true
+      ordinal:
+        description: Its ordinal (catalog-3 is 3).
+        type: int
+        required: true
+      version:
+        description: Version its current release runs, empty when nothing is installed.
+        type: str
+      up:
+        description: Whether it is UP and in rotation on every load balancer.
+        type: bool
+        required: true
+attributes:
+  check_mode:
+    support: full
+    description: Planning changes nothing, in check mode or not.
+  diff_mode:
+    support: none
+    description: Nothing changes.
+  idempotent:
+    support: full
+    description: The same inputs give the same plan.
+"""
+
+EXAMPLES = r"""
+- name: Plan
+  berth.fleet.rollout_plan:
+    service: catalog
+    target: v2
+    max_unavailable: 1
+    members:
+      - {name: catalog-1, dc: dc1, ordinal: 1, version: v1, up: true}
+      - {name: catalog-2, dc: dc2, ordinal: 2, version: v1, up: true}
+  register: plan
+"""
+
+RETURN = r"""
+batches:
+  description: Instance names per batch, in order.
+  returned: success
+  type: list
+  elements: list
+hosts:
+  description: All instances to update, batch by batch.
+  returned: success
+  type: list
+  elements: str
+serial:
+  description: Batch sizes, for a play's C(serial) over O(members) in C(hosts) order.
+  returned: success
+  type: list
+  elements: int
+up_to_date:
+  description: Instances already on the target version and UP.
+  returned: success
+  type: list
+  elements: str
+dc_budget:
+  description: Instances per datacenter that may be unavailable at once.
+  returned: success
+  type: dict
+first_deploy:
+  description: True when nothing was UP, so everything goes in one batch.
+  returned: success
+  type: bool
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.berth.fleet.plugins.module_utils._rollout import Member, RolloutError, plan_rollout
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "service": {"type": "str", "required": True},
+            "target": {"type": "str", "required": True},
+            "max_unavailable": {"type": "int", "required": True},
+            "members": {
+                "type": "list",
+                "elements": "dict",
+                "required": True,
+                "options": {
+                    "name": {"type": "str", "required": True},
+                    "dc": {"type": "str", "required": True},
+                    "ordinal": {"type": "int", "required": True},
+                    "version": {"type": "str"},
+                    "up": {"type": "bool", "required": True},
+                },
+            },
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    members = [
+        Member(m["name"], m["dc"], m["ordinal"], m["version"] or None, m["up"]) for m in params["members"]
+    ]
+    try:
+        plan = plan_rollout(params["service"], members, params["target"], params["max_unavailable"])
+    except RolloutError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=False, **plan.as_dict())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,602 @@
+"""berth.fleet.lb_member against a real HAProxy 2.6, driven by real ansible-playbook runs.
+
+The test starts two small HTTP backends (``/health``, ``/slow?s=N``, ``/``) and an HAProxy in front of
+them on 127.0.0.1, with ``retries 0`` and no ``option redispatch`` so that a request sent to the wrong
+server fails instead of being silently retried. Health checks run every 100 ms with rise 2 / fall 2.
+
+What is checked is read back from HAProxy by this file's own small Runtime API reader (not the
+module's), and the traffic is counted by the backends themselves. HAProxy and the backends are
+stopped by their PIDs / handles in finalizers, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lab import PlaybookRun, local_play, run_playbook
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+BACKEND = "app"
+INTER = 0.1  # seconds, `inter 100`
+RISE = 2
+FALL = 2
+POLL = 0.1  # the module's default poll_interval
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not os.access(HAPROXY, os.X_OK), reason="needs HAProxy (Debian package haproxy)"),
+]
+
+
+# --- backends -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    path: str
+    started: float
+    finished: float
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """HAProxy closes a health check's connection once it has the status line: not an error."""
+
+
+class Backend:
+    """A threaded HTTP server on a free loopback port that records what it served."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.health_code = 200
+        self.lock = threading.Lock()
+        self.served: list[Served] = []
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                started = time.monotonic()
+                url = urllib.parse.urlsplit(self.path)
+                code = 200
+                if url.path == "/health":
+                    code = backend.health_code
+                elif url.path == "/slow":
+                    time.sleep(float(urllib.parse.parse_qs(url.query).get("s", ["1"])[0]))
+                body = backend.name.encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                with backend.lock:
+                    backend.served.append(Served(url.path, started, time.monotonic()))
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name=f"backend-{name}", daemon=True)
+        self.thread.start()
+
+    def traffic(self) -> list[Served]:
+        """Requests served, health checks left out."""
+        with self.lock:
+            return [served for served in self.served if served.path != "/health"]
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+# --- an independent Runtime API reader ----------------------------------------------------------
+
+
+def cli(sock: Path, command: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(5)
+        conn.connect(str(sock))
+        conn.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One server as HAProxy shows it: raw admin bits and op state, user weight, sessions, status text."""
+
+    admin_flags: int
+    op_state: int
+    weight: int
+    scur: int
+    stot: int
+    status: str
+    check: str
+
+    @property
+    def admin(self) -> str:
+        return "maint" if self.admin_flags & 0x23 else "drain" if self.admin_flags & 0x18 else "ready"
+
+    @property
+    def up(self) -> bool:
+        return self.op_state == 2
+
+    @property
+    def gets_traffic(self) -> bool:
+        return self.up and self.admin == "ready"
+
+
+def look(sock: Path) -> dict[str, Seen]:
+    lines = cli(sock, f"show servers state {BACKEND}").splitlines()
+    header = lines[1].lstrip("# ").split()
+    states = {}
+    for line in lines[2:]:
+        if line.strip():
+            record = dict(zip(header, line.split(), strict=False))
+            states[record["srv_name"]] = record
+    stats = {
+        row["svname"]: row
+        for row in csv.DictReader(io.StringIO(cli(sock, "show stat")[2:]))
+        if row["pxname"] == BACKEND and row["svname"] in states
+    }
+    return {
+        name: Seen(
+            admin_flags=int(record["srv_admin_state"]),
+            op_state=int(record["srv_op_state"]),
+            weight=int(record["srv_uweight"]),
+            scur=int(stats[name]["scur"] or 0),
+            stot=int(stats[name]["stot"] or 0),
+            status=stats[name]["status"],
+            check=f"{stats[name]['check_status']} {stats[name]['check_code']}".strip(),
+        )
+        for name, record in states.items()
+    }
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Observer:
+    """Looks at HAProxy every 5 ms in a thread and keeps the timeline of one server."""
+
+    def __init__(self, sock: Path, server: str) -> None:
+        self.sock = sock
+        self.server = server
+        self.timeline: list[tuple[float, Seen]] = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="observer", daemon=True)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.timeline.append((time.monotonic(), look(self.sock)[self.server]))
+            time.sleep(0.005)
+
+    def first(self, predicate: Any) -> float | None:
+        return next((at for at, seen in list(self.timeline) if predicate(seen)), None)
+
+    def __enter__(self) -> Observer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+
+
+# --- the load balancer --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class LoadBalancer:
+    workdir: Path
+    sock: Path
+    port: int
+    backends: dict[str, Backend]
+    pid: int = 0
+    runs: list[int] = field(default_factory=lambda: [0])
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    def look(self) -> dict[str, Seen]:
+        return look(self.sock)
+
+    def reset(self) -> None:
+        """Both servers READY, healthy, weight 1, fully UP, no sessions."""
+        for name, backend in self.backends.items():
+            backend.health_code = 200
+            for command in ("state ready", "weight 1"):
+                answer = cli(self.sock, f"set server {BACKEND}/{name} {command}")
+                assert answer.strip() == "", answer
+        wait_for(
+            lambda: all(
+                seen.gets_traffic and seen.status == "UP" and seen.scur == 0 for seen in self.look().values()
+            ),
+            5,
+            "both servers UP",
+        )
+
+    def put(self, server: str, start: str) -> None:
+        """Bring a server from the reset state into a starting state: UP, DOWN, DRAIN or MAINT."""
+        self.reset()
+        if start == "DOWN":
+            self.backends[server].health_code = 503
+            wait_for(lambda: self.look()[server].op_state == 0, 5, f"{server} DOWN")
+        elif start in ("DRAIN", "MAINT"):
+            state = "drain" if start == "DRAIN" else "maint"
+            assert cli(self.sock, f"set server {BACKEND}/{server} state {state}").strip() == ""
+        seen = self.look()[server]
+        assert (seen.admin, seen.up) == {
+            "UP": ("ready", True),
+            "DOWN": ("ready", False),
+            "DRAIN": ("drain", True),
+            "MAINT": ("maint", False),
+        }[start], seen
+
+    def member(
+        self, *calls: dict[str, Any], check_modes: tuple[bool, ...] = ()
+    ) -> tuple[PlaybookRun, list[dict[str, Any]]]:
+        """One ansible-playbook run with one berth.fleet.lb_member task per call; their registered results."""
+        self.runs[0] += 1
+        index = self.runs[0]
+        results_file = self.workdir / f"results-{index}.json"
+        tasks: list[dict[str, Any]] = []
+        for number, call in enumerate(calls):
+            task: dict[str, Any] = {
+                "name": f"lb_member {number}",
+                "berth.fleet.lb_member": {"socket": str(self.sock), "backend": BACKEND, **call},
+                "register": f"result_{number}",
+                "ignore_errors": True,
+            }
+            if number < len(check_modes) and check_modes[number]:
+                task["check_mode"] = True
+            tasks.append(task)
+        registered = ", ".join(f"result_{number}" for number in range(len(calls)))
+        tasks.append(
+            {
+                "name": "save results",
+                "ansible.builtin.copy": {
+                    "content": f"{{{{ [{registered}] | to_json }}}}",
+                    "dest": str(results_file),
+                },
+            }
+        )
+        playbook = self.workdir / f"play-{index}.yml"
+        playbook.write_text(json.dumps([local_play("lb_member", tasks)], indent=1))
+        run = run_playbook(playbook, "localhost,")
+        assert results_file.exists(), run.output[-4000:]
+        results: list[dict[str, Any]] = json.loads(results_file.read_text())
+        return run, results
+
+
+HAPROXY_CFG = """\
+global
+    stats socket {sock} mode 600 level admin
+    stats timeout 10s
+
+defaults
+    mode http
+    retries 0
+    timeout connect 1s
+    timeout client 10s
+    timeout server 10s
+    timeout check 1s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend {backend}
+
+backend {backend}
+    balance roundrobin
+    option httpchk GET /health
+    server s1 127.0.0.1:{port_s1} check inter {inter_ms} rise {rise} fall {fall}
+    server s2 127.0.0.1:{port_s2} check inter {inter_ms} rise {rise} fall {fall}
+"""
+
+
+def stop_pid(pid: int) -> None:
+    """Stop the HAProxy this file started, by its PID only."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadBalancer]:
+    workdir = tmp_path_factory.mktemp("lb")
+    with contextlib.ExitStack() as cleanup:
+        backends = {}
+        for name in ("s1", "s2"):
+            backends[name] = Backend(name)
+            cleanup.callback(backends[name].stop)
+        sock = workdir / "admin.sock"
+        port = free_port()
+        config = workdir / "haproxy.cfg"
+        config.write_text(
+            HAPROXY_CFG.format(
+                sock=sock,
+                port=port,
+                backend=BACKEND,
+                port_s1=backends["s1"].port,
+                port_s2=backends["s2"].port,
+                inter_ms=int(INTER * 1000),
+                rise=RISE,
+                fall=FALL,
+            )
+        )
+        log = (workdir / "haproxy.log").open("w")
+        cleanup.callback(log.close)
+        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+
+        def stop_haproxy() -> None:
+            stop_pid(proc.pid)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+        cleanup.callback(stop_haproxy)
+        balancer = LoadBalancer(workdir, sock, port, backends, pid=proc.pid)
+        wait_for(lambda: sock.exists() or proc.poll() is not None, 10, "the HAProxy stats socket")
+        assert proc.poll() is None, (workdir / "haproxy.log").read_text()
+        balancer.reset()
+        yield balancer
+
+
+def args_for(target: str, **extra: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "server": "s1",
+        "state": target,
+        "ready_timeout": 1.5,
+        "drain_timeout": 5,
+        **extra,
+    }
+    if target == "weight":
+        args["weight"] = 50
+    return args
+
+
+# --- drain: waits for what is in flight, and only for that --------------------------------------
+
+
+def test_drain_waits_for_the_in_flight_request_and_no_new_request_reaches_it(
+    lb: LoadBalancer, lab_metrics: Any
+) -> None:
+    lb.reset()
+    slow: dict[str, Any] = {}
+
+    def slow_request() -> None:
+        slow["status"], slow["server"] = lb.get("/slow?s=2")
+        slow["done"] = time.monotonic()
+
+    client = threading.Thread(target=slow_request, name="slow-client")
+    client.start()
+    wait_for(lambda: any(seen.scur == 1 for seen in lb.look().values()), 5, "the slow request in flight")
+    target = next(name for name, seen in lb.look().items() if seen.scur == 1)
+    other = "s2" if target == "s1" else "s1"
+    served_before = len(lb.backends[target].traffic())
+    stot_before = lb.look()[target].stot
+    short: list[tuple[int, str]] = []
+
+    def short_requests(observer: Observer) -> None:
+        wait_for(lambda: observer.first(lambda seen: seen.admin == "drain") is not None, 10, "DRAIN")
+        while "done" not in slow:
+            short.append(lb.get("/"))
+            time.sleep(0.02)
+
+    with Observer(lb.sock, target) as observer:
+        traffic = threading.Thread(target=short_requests, args=(observer,), name="short-client")
+        traffic.start()
+        run, results = lb.member({"server": target, "state": "drain", "poll_interval": POLL})
+        finished = time.monotonic()
+        client.join(timeout=10)
+        traffic.join(timeout=10)
+    drained_at = observer.first(lambda seen: seen.admin == "drain")
+    result = results[0]
+    assert run.returncode == 0 and not result.get("failed"), run.output[-3000:]
+    assert result["changed"] is True and result["after"]["admin"] == "drain"
+
+    # the in-flight request completed, on the drained server, untouched
+    assert (slow["status"], slow["server"]) == (200, target)
+    # the module returned shortly after it: its wait started when DRAIN was set
+    assert drained_at is not None
+    returned_at = drained_at + result["waited"]
+    overshoot = returned_at - slow["done"]
+    assert -0.05 < overshoot < 0.3, f"overshoot {overshoot:.3f} s (waited {result['waited']} s)"
+    assert result["waited"] > 1.0  # it did wait for the 2 s request
+
+    # nothing new reached the drained server; the other one served everything
+    assert len(short) >= 10, short
+    assert all(answer == (200, other) for answer in short), short
+    assert [served.path for served in lb.backends[target].traffic()[served_before:]] == ["/slow"]
+    assert lb.look()[target].stot - stot_before == 0  # the slow one was counted when it started
+    lab_metrics.add(
+        f"lb_member drain: in-flight 2 s request, waited {result['waited']:.3f} s, overshoot {overshoot * 1000:.0f} ms "
+        f"(poll {POLL} s); {len(short)} requests meanwhile all on {other}; playbook ended "
+        f"{finished - slow['done']:.2f} s after the request (ansible-playbook exit included)"
+    )
+
+
+def test_drain_timeout_fails_naming_the_sessions_left(lb: LoadBalancer) -> None:
+    lb.reset()
+    client = threading.Thread(target=lb.get, args=("/slow?s=2",), name="slow-client")
+    client.start()
+    try:
+        wait_for(lambda: any(seen.scur == 1 for seen in lb.look().values()), 5, "the slow request in flight")
+        target = next(name for name, seen in lb.look().items() if seen.scur == 1)
+        run, results = lb.member({"server": target, "state": "drain", "drain_timeout": 0.5})
+    finally:
+        client.join(timeout=10)
+    assert results[0]["failed"] is True, run.output[-3000:]
+    assert f"{BACKEND}/{target} still has 1 session(s)" in results[0]["msg"]
+    assert "drain_timeout 0.5 s" in results[0]["msg"]
+    assert results[0]["after"]["admin"] == "drain"
+    assert 0.5 <= results[0]["waited"] < 0.5 + POLL  # bounded: gave up at the deadline, not after the request
+
+
+# --- ready: a health gate, not a formality ------------------------------------------------------
+
+
+def test_ready_from_maint_waits_for_rise_checks(lb: LoadBalancer, lab_metrics: Any) -> None:
+    lb.put("s1", "MAINT")
+    with Observer(lb.sock, "s1") as observer:
+        run, results = lb.member({"server": "s1", "state": "ready", "poll_interval": POLL})
+    result = results[0]
+    assert run.returncode == 0 and not result.get("failed"), run.output[-3000:]
+    assert result["changed"] is True and result["after"]["operational"] == "UP"
+    # re-entered rotation DOWN: HAProxy had to see `rise` fresh checks before it was UP
+    back = observer.first(lambda seen: seen.admin == "ready")
+    up = observer.first(lambda seen: seen.gets_traffic)
+    assert back is not None and up is not None
+    assert any(seen.admin == "ready" and not seen.up for _at, seen in observer.timeline)
+    expected = RISE * INTER
+    assert expected * 0.5 <= result["waited"] <= expected + INTER + POLL + 0.1, result["waited"]
+    lab_metrics.add(
+        f"lb_member ready from MAINT: waited {result['waited']:.3f} s for UP; rise x inter = {expected:.3f} s; "
+        f"observer saw READY->UP in {up - back:.3f} s"
+    )
+
+
+def test_ready_with_a_failing_health_check_times_out_naming_it(lb: LoadBalancer, lab_metrics: Any) -> None:
+    lb.put("s1", "MAINT")
+    lb.backends["s1"].health_code = 503
+    served_before = len(lb.backends["s1"].traffic())
+    stop = threading.Event()
+    answers: list[tuple[int, str]] = []
+
+    def steady_traffic() -> None:
+        while not stop.is_set():
+            answers.append(lb.get("/"))
+            time.sleep(0.01)
+
+    traffic = threading.Thread(target=steady_traffic, name="steady-client")
+    with Observer(lb.sock, "s1") as observer:
+        traffic.start()
+        try:
+            run, results = lb.member({"server": "s1", "state": "ready", "ready_timeout": 1})
+        finally:
+            stop.set()
+            traffic.join(timeout=10)
+    result = results[0]
+    assert result["failed"] is True, run.output[-3000:]
+    assert "app/s1 is not UP after" in result["msg"]
+    assert "L7STS 503" in result["msg"], result["msg"]
+    assert result["after"]["admin"] == "ready" and result["after"]["operational"] == "DOWN"
+    # the broken server never took traffic, not even for a moment after leaving MAINT
+    assert not any(seen.gets_traffic for _at, seen in observer.timeline)
+    assert len(lb.backends["s1"].traffic()) == served_before
+    assert answers and all(answer == (200, "s2") for answer in answers)
+
+    # for the record: HAProxy 2.6 alone (plain `set server state ready` from MAINT) does put it UP at once
+    lb.put("s1", "MAINT")
+    lb.backends["s1"].health_code = 503
+    with Observer(lb.sock, "s1") as raw:
+        cli(lb.sock, "set server app/s1 state ready")
+        time.sleep(0.4)
+    naive = [seen.status for _at, seen in raw.timeline if seen.gets_traffic]
+    lab_metrics.add(
+        f"lb_member ready on failing check: failed after {result['waited']:.2f} s naming "
+        f"{result['after']['check_status']}; {len(answers)} requests meanwhile all on s2. Plain HAProxy "
+        f"'state ready' from MAINT: {'UP at once (' + naive[0] + ')' if naive else 'stayed DOWN'}"
+    )
+
+
+# --- every starting state x every target ---------------------------------------------------------
+
+# (start, target): changed, admin after, operational after, failure expected in the message
+MATRIX = {
+    ("UP", "ready"): (False, "ready", "UP", None),
+    ("UP", "drain"): (True, "drain", "UP", None),
+    ("UP", "maint"): (True, "maint", "MAINT", None),
+    ("UP", "weight"): (True, "ready", "UP", None),
+    ("DOWN", "ready"): (False, "ready", "DOWN", "L7STS 503"),
+    ("DOWN", "drain"): (True, "drain", "DOWN", None),
+    ("DOWN", "maint"): (True, "maint", "MAINT", None),
+    ("DOWN", "weight"): (True, "ready", "DOWN", None),
+    ("DRAIN", "ready"): (True, "ready", "UP", None),
+    ("DRAIN", "drain"): (False, "drain", "UP", None),
+    ("DRAIN", "maint"): (True, "maint", "MAINT", None),
+    ("DRAIN", "weight"): (True, "drain", "UP", None),
+    ("MAINT", "ready"): (True, "ready", "UP", None),
+    ("MAINT", "drain"): (False, "maint", "MAINT", None),
+    ("MAINT", "maint"): (False, "maint", "MAINT", None),
+    ("MAINT", "weight"): (True, "maint", "MAINT", None),
+}
+
+
+@pytest.mark.parametrize(("start", "target"), list(MATRIX), ids=[f"{s}-to-{t}" for s, t in MATRIX])
+def test_every_starting_state_and_target(lb: LoadBalancer, lab_metrics: Any, start: str, target: str) -> None:
+    changed, admin, operational, failure = MATRIX[(start, target)]
+    lb.put("s1", start)
+    before = lb.look()["s1"]
+    run, (checked, applied, again) = lb.member(
+        args_for(target), args_for(target), args_for(target), check_modes=(True, False, False)
+    )
+    outcome = f"{start}->{target}: "
+
+    # check mode: predicts the change, changes nothing, never waits
+    assert not checked.get("failed"), checked
+    assert checked["changed"] is changed, checked
+    assert checked["after"]["admin"] == admin and checked["waited"] == 0
+    assert (applied["before"]["admin"], applied["before"]["weight"]) == (before.admin, before.weight)
+
+    if failure:
+        assert applied["failed"] is True and failure in applied["msg"], applied
+        assert again["failed"] is True and failure in again["msg"], again
+        outcome += f"failed as it must ({failure}), "
+    else:
+        assert not applied.get("failed") and not again.get("failed"), (applied, again, run.output[-3000:])
+    assert applied["changed"] is changed, applied
+    assert again["changed"] is False, again
+
+    seen = lb.look()["s1"]
+    shown = "MAINT" if seen.admin == "maint" else "UP" if seen.up else "DOWN"
+    assert (seen.admin, shown) == (admin, operational), seen
+    assert seen.weight == (50 if target == "weight" else 1)
+    if target in ("drain", "maint") and not failure:
+        assert applied["waited"] < 0.1  # no sessions: returns at once, whatever the health
+    if (start, target) == ("MAINT", "ready"):
+        assert applied["waited"] >= RISE * INTER * 0.5  # came back through fresh checks
+    lab_metrics.add(
+        outcome + f"changed={applied['changed']} then {again['changed']}, ends {seen.admin}/{shown} "
+        f"weight {seen.weight}, waited {applied['waited']:.3f} s, check mode changed={checked['changed']}"
+    )

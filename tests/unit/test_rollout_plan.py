@@ -1,0 +1,62 @@
+"""Rollout planning: DC-aware batches, budgets, the preflight disruption check."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.berth.fleet.plugins.module_utils._rollout import Member, RolloutError, plan_rollout
+
+
+def prod(version: str = "v1", down: tuple[str, ...] = ()) -> list[Member]:
+    return [
+        Member(f"catalog-{n}", "dc1" if n % 2 else "dc2", n, version, f"catalog-{n}" not in down)
+        for n in range(1, 5)
+    ]
+
+
+def test_one_at_a_time_alternates_datacenters() -> None:
+    plan = plan_rollout("catalog", prod(), "v2", 1)
+    assert plan.batches == [["catalog-1"], ["catalog-2"], ["catalog-3"], ["catalog-4"]]
+    assert plan.serial == [1, 1, 1, 1]
+
+
+def test_two_at_a_time_takes_one_per_datacenter() -> None:
+    plan = plan_rollout("catalog", prod(), "v2", 2)
+    assert plan.dc_budget == {"dc1": 1, "dc2": 1}
+    assert plan.batches == [["catalog-1", "catalog-2"], ["catalog-3", "catalog-4"]]
+
+
+def test_rerun_with_the_same_version_does_nothing() -> None:
+    plan = plan_rollout("catalog", prod("v2"), "v2", 1)
+    assert (
+        plan.batches == [] and plan.hosts == [] and plan.up_to_date == [f"catalog-{n}" for n in range(1, 5)]
+    )
+
+
+def test_interrupted_rollout_continues_with_what_is_left() -> None:
+    members = prod("v2")
+    members[2] = Member("catalog-3", "dc1", 3, "v1", True)
+    members[3] = Member("catalog-4", "dc2", 4, "v2", False)  # switched, never put back in rotation
+    plan = plan_rollout("catalog", members, "v2", 1)
+    assert plan.batches == [["catalog-4"], ["catalog-3"]]  # the down one first: it costs no capacity
+
+
+def test_first_deploy_goes_in_one_batch() -> None:
+    members = [Member(f"catalog-{n}", "dc1", n, None, False) for n in range(1, 5)]
+    plan = plan_rollout("catalog", members, "v1", 1)
+    assert plan.first_deploy and plan.batches == [[f"catalog-{n}" for n in range(1, 5)]]
+
+
+def test_refuses_when_too_many_are_already_down() -> None:
+    with pytest.raises(
+        RolloutError, match=r"2 of 4 instances are already DOWN .*catalog-1, catalog-3.* minimum of 3"
+    ):
+        plan_rollout("catalog", prod(down=("catalog-1", "catalog-3")), "v2", 1)
+    with pytest.raises(RolloutError, match="2 of 2 instances in dc1 are already DOWN"):
+        plan_rollout("catalog", prod(down=("catalog-1", "catalog-3")), "v2", 2)
+
+
+@pytest.mark.parametrize("bad", [0, 5])
+def test_max_unavailable_must_fit(bad: int) -> None:
+    with pytest.raises(RolloutError, match="must be between 1 and its 4 instances"):
+        plan_rollout("catalog", prod(), "v2", bad)
