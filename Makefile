@@ -53,19 +53,7 @@ ENV ?= lab
 KEEP ?=
 
 demo: deps
-	@echo "== placement of every environment (inventories/*/topology.berth.yml)"
-	@for env in $(ENVIRONMENTS); do \
-	  ansible-playbook -i inventories/$$env playbooks/placement.yml | sed -n '/msg: |-/,/^$$/p' | sed '1d; s/^        //'; \
-	done
-	@echo "== provision the $(ENV) estate on this machine"
-	@start=$$(date +%s); ansible-playbook -i inventories/$(ENV) playbooks/provision.yml \
-	  | grep -E '^(PLAY|TASK|ok: \[localhost\] => *$$|changed|fatal|    msg)' | grep -v '^$$' || exit 1; \
-	  echo "provisioned in $$(( $$(date +%s) - start )) s"
-	@echo "== every node answers over SSH (strict host key checking, Berth's known_hosts)"
-	@ansible -i inventories/$(ENV) all -m ansible.builtin.command -a "systemctl is-system-running" \
-	  | paste -d' ' - - | awk '{print "  " $$1, $$NF}'
-	@if [ -z "$(KEEP)" ]; then $(MAKE) --no-print-directory destroy ENV=$(ENV); \
-	else echo "== left running: make lab-shell ENV=$(ENV) to look around, make destroy ENV=$(ENV) to remove it"; fi
+	python tools/demo.py --env $(ENV) $(if $(KEEP),--keep)
 
 provision: deps
 	ansible-playbook -i inventories/$(ENV) playbooks/provision.yml
@@ -81,8 +69,8 @@ lab-shell:
 	  echo "inside network namespace $$ns (exit to leave)"; exec nsenter --net=/run/netns/$$ns $${SHELL:-bash}
 
 lint: deps
-	ruff check plugins tests bench
-	ruff format --check plugins tests bench
+	ruff check plugins tests bench tools services
+	ruff format --check plugins tests bench tools services
 	cd $(COLLECTION_LINK) && mypy --explicit-package-bases plugins/module_utils
 	ansible-lint --profile production --offline --nocolor -q
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -58,3 +65,151 @@ def run_playbook(playbook: Path, inventory: str, *flags: str) -> PlaybookRun:
 
 def local_play(name: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": name, "hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}
+
+
+# --- looking at the host ------------------------------------------------------------------------
+
+
+def _lines(argv: Sequence[str]) -> list[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False).stdout.splitlines()
+
+
+def _netns_names() -> list[str]:
+    return sorted(line.split()[0] for line in _lines(["ip", "netns", "list"]) if line.strip())
+
+
+def _pid_namespace(pid: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return ""
+
+
+def host_snapshot() -> dict[str, Any]:
+    """What a lab run could leave behind: namespaces, mounts, links, containers, nspawn processes, cgroups."""
+    own_pidns = _pid_namespace("self")
+    in_containers: set[str] = set()
+    nspawn: set[str] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        namespace = _pid_namespace(entry.name)
+        if namespace and namespace != own_pidns:
+            in_containers.add(entry.name)
+        try:
+            if b"systemd-nspawn" in (entry / "cmdline").read_bytes():
+                nspawn.add(entry.name)
+        except OSError:
+            pass
+    return {
+        "netns": _netns_names(),
+        "mounts": sorted(
+            line.split(" ")[4]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if "berth" in line
+        ),
+        "links": sorted(line.split()[0] for line in _lines(["ip", "-br", "link"])),
+        "processes_in_other_pid_namespaces": sorted(in_containers),
+        "nspawn_processes": sorted(nspawn),
+        "berth_cgroups": sorted(
+            str(path) for hierarchy in Path("/sys/fs/cgroup").iterdir() for path in hierarchy.glob("**/berth")
+        ),
+        "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
+    }
+
+
+# --- last-resort cleanup ------------------------------------------------------------------------
+
+MACHINES_DIR = Path("/var/lib/berth/machines")
+
+
+def _is_our_nspawn(pid: int, machine: str) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return (
+        state != "Z"
+        and os.path.basename(argv[0]) == b"systemd-nspawn"
+        and f"--machine={machine}".encode() in argv
+    )
+
+
+def force_cleanup(machine_names: Sequence[str], namespace: str) -> list[str]:
+    """Only when the teardown playbook failed: stop what Berth recorded (verified), unmount, delete."""
+    done: list[str] = []
+    for name in machine_names:
+        machine_dir = MACHINES_DIR / name
+        state_file = machine_dir / "state.json"
+        state: dict[str, Any] = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        pid = int(state.get("pid", 0))
+        if pid and _is_our_nspawn(pid, name):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while _is_our_nspawn(pid, name) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _is_our_nspawn(pid, name):
+                os.kill(pid, signal.SIGKILL)
+            done.append(f"stopped nspawn {pid} of {name}")
+        merged = machine_dir / "merged"
+        if any(
+            line.split(" ")[4] == str(merged)
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        ):
+            subprocess.run(["umount", str(merged)], check=False)
+            done.append(f"unmounted {merged}")
+        for path in sorted(state.get("cgroups", {}).values()):
+            for current, subdirs, _files in os.walk(path, topdown=False):
+                for sub in subdirs:
+                    _rmdir(os.path.join(current, sub))
+            _rmdir(path)
+            _rmdir(os.path.dirname(path))
+        if machine_dir.exists():
+            shutil.rmtree(machine_dir, ignore_errors=True)
+            done.append(f"removed {machine_dir}")
+    if namespace in _netns_names():
+        subprocess.run(["ip", "netns", "delete", namespace], check=False)
+        done.append(f"deleted netns {namespace}")
+    return done
+
+
+def _rmdir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+# --- lab environments from the shipped topologies -----------------------------------------------
+
+PROVISION = ROOT / "playbooks" / "provision.yml"
+DESTROY = ROOT / "playbooks" / "destroy.yml"
+DEPLOY = ROOT / "playbooks" / "deploy.yml"
+ROLLBACK = ROOT / "playbooks" / "rollback.yml"
+
+
+def lab_spec(path: Path, environment: str, state_dir: Path, shape: str = "lab") -> Path:
+    """A shipped topology under another environment name, namespace and state dir (no clash with a demo)."""
+    raw = yaml.safe_load((ROOT / "inventories" / shape / "topology.berth.yml").read_text())
+    raw["environment"]["name"] = environment
+    raw["estate"]["lab_namespace"] = f"berth-{environment}"
+    raw["state_dir"] = str(state_dir)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def inventory_hostvars(spec: Path) -> dict[str, dict[str, Any]]:
+    listing = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(spec), "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    hostvars: dict[str, dict[str, Any]] = json.loads(listing, object_hook=_unsafe_to_plain)["_meta"][
+        "hostvars"
+    ]
+    return hostvars
+
+
+def _unsafe_to_plain(value: dict[str, Any]) -> Any:
+    return value["__ansible_unsafe"] if set(value) == {"__ansible_unsafe"} else value

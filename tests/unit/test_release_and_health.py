@@ -108,6 +108,7 @@ def test_gate_opens_after_rise_and_min_healthy_time() -> None:
     def probe(url: str, timeout: float) -> tuple[int | None, str]:
         status = next(answers)
         return status, f"HTTP {status}"
+
     policy = GatePolicy("http://127.0.0.1:1/health", rise=3, interval=0.25, min_healthy_time=1.0)
     outcome = wait_healthy(policy, probe=probe, clock=clock, sleep=clock.sleep)
     assert outcome.risen_after == 1.5  # the 3rd passing check in a row (7th check)

@@ -1,0 +1,330 @@
+"""Zero-downtime rolling upgrades on the lab estate, proven under load.
+
+The module provisions the lab topology (2 DCs, catalog and orders x 4, one HAProxy per DC) under a
+per-run environment, deploys catalog v1, then drives playbooks/deploy.yml and rollback.yml while an
+independent load generator (tools/loadgen.py, started here inside the lab namespace)
+sends >= 200 short requests/s plus 4 requests/s of /slow?s=5 through both load balancers and
+samples what each of them sees every 0.2 s. HAProxy runs with `retries 0` and no redispatch, so a
+request that hits a stopping instance fails visibly instead of being retried elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lab import (
+    BIN,
+    DEPLOY,
+    DESTROY,
+    PROVISION,
+    ROLLBACK,
+    ROOT,
+    PlaybookRun,
+    force_cleanup,
+    inventory_hostvars,
+    lab_spec,
+    run_playbook,
+)
+
+from ansible_collections.berth.fleet.plugins.module_utils._nodes import nodes
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, nspawn)"),
+]
+
+LOADGEN = ROOT / "tools" / "loadgen.py"
+ARTIFACTS = Path("/var/lib/berth/artifacts")
+# the zero-downtime proof runs without the retries that would hide a broken rollout
+LB_UNDER_TEST = {"loadbalancer_retries": 0, "loadbalancer_redispatch": False}
+COUNTERS = ("hrsp_5xx", "econ", "eresp", "wretr", "wredis")
+
+
+@dataclass
+class RolloutLab:
+    environment: str
+    spec: Path
+    workdir: Path
+    hostvars: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return f"berth-{self.environment}"
+
+    @property
+    def lbs(self) -> list[str]:
+        return sorted(h for h, v in self.hostvars.items() if v["berth_role"] == "lb")
+
+    def instances(self, service: str) -> list[str]:
+        return sorted(h for h, v in self.hostvars.items() if v.get("berth_service") == service)
+
+    def deploy(self, *args: str, playbook: Path = DEPLOY, **extra: Any) -> PlaybookRun:
+        variables = self.workdir / f"vars-{time.monotonic_ns()}.json"
+        variables.write_text(json.dumps({**LB_UNDER_TEST, **extra}))
+        return run_playbook(playbook, str(self.spec), "-e", f"@{variables}", *args)
+
+    def get(self, url: str) -> dict[str, Any]:
+        """GET from inside the lab namespace; {} when nothing answers (an instance being restarted)."""
+        out = subprocess.run(
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.namespace}",
+                "/usr/bin/python3",
+                "-c",
+                f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen({url!r}, timeout=5).read().decode())",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
+
+    def versions(self, service: str) -> dict[str, str]:
+        return {
+            host: self.get(
+                f"http://{self.hostvars[host]['ansible_host']}:{self.hostvars[host]['berth_port']}/"
+            ).get("version", "down")
+            for host in self.instances(service)
+        }
+
+    def journal(self, service: str) -> dict[str, Any]:
+        return dict(
+            json.loads(
+                (self.workdir / "state" / self.environment / "rollouts" / f"{service}.json").read_text()
+            )
+        )
+
+
+class Load:
+    """The load generator as a separate process inside the lab namespace."""
+
+    def __init__(self, lab: RolloutLab, service: str, name: str) -> None:
+        port = lab.hostvars[lab.instances(service)[0]]["berth_port"]
+        self.report_path = lab.workdir / f"load-{name}.json"
+        argv = ["nsenter", f"--net=/run/netns/{lab.namespace}", "/usr/bin/python3", str(LOADGEN)]
+        for lb in lab.lbs:
+            address = lab.hostvars[lb]["ansible_host"]
+            argv += ["--target", f"http://{address}:{port}", "--stats", f"http://{address}:8404/stats"]
+        argv += ["--backend", f"be_{service}", "--rate", "200", "--slow-rate", "4", "--slow-seconds", "5"]
+        argv += ["--out", str(self.report_path)]
+        # nsenter execs the generator: this PID is the generator's own
+        self.process = subprocess.Popen(argv)
+
+    def stop(self) -> dict[str, Any]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+        assert self.process.returncode == 0, "the load generator crashed"
+        return dict(json.loads(self.report_path.read_text()))
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def rollout_lab(
+    lab_run_id: str, lab_image: dict[str, Any], lab_workdir: Path, lab_metrics: Any
+) -> Iterator[RolloutLab]:
+    environment = f"r{lab_run_id}"
+    workdir = lab_workdir / "rollout"
+    workdir.mkdir()
+    lab = RolloutLab(
+        environment, lab_spec(workdir / f"{environment}.berth.yml", environment, workdir / "state"), workdir
+    )
+    lab.hostvars = inventory_hostvars(lab.spec)
+    try:
+        built = run_playbook(ROOT / "playbooks" / "build_artifacts.yml", "localhost,")
+        assert built.returncode == 0, built.output[-3000:]
+        up = run_playbook(PROVISION, str(lab.spec))
+        assert up.returncode == 0, up.output[-4000:]
+        first = lab.deploy("-e", "service=catalog")
+        assert first.returncode == 0, first.output[-6000:]
+        assert "(first deploy: nothing serving yet)" in first.output
+        lab_metrics.add(f"first deploy of catalog v1 to 4 empty instances: {first.seconds} s")
+        assert set(lab.versions("catalog").values()) == {"v1"}
+        yield lab
+    finally:
+        down = run_playbook(DESTROY, str(lab.spec))
+        if down.returncode != 0:
+            force_cleanup([n["name"] for n in nodes(lab.hostvars, sorted(lab.hostvars))], lab.namespace)
+            pytest.fail(f"destroy failed:\n{down.output[-3000:]}")
+
+
+def assert_no_request_lost(report: dict[str, Any]) -> None:
+    short, long = report["short"], report["long"]
+    assert short["non_2xx"] == 0 and short["errors"] == 0, short["failure_samples"]
+    assert long["non_2xx"] == 0 and long["errors"] == 0, long["failure_samples"]
+    for lb, counters in report["counters"].items():
+        assert {name: counters[name] for name in COUNTERS} == dict.fromkeys(COUNTERS, 0), lb
+
+
+def test_rolling_upgrade_under_load_loses_no_request(rollout_lab: RolloutLab, lab_metrics: Any) -> None:
+    lab = rollout_lab
+    load = Load(lab, "catalog", "v2")
+    try:
+        time.sleep(3)  # long requests in flight before the first drain
+        rollout = lab.deploy("-e", "service=catalog", "-e", "version=v2")
+        time.sleep(1)
+    finally:
+        report = load.stop()
+    assert rollout.returncode == 0, rollout.output[-6000:]
+    assert_no_request_lost(report)
+    assert report["short"]["sent"] >= 5000, report["short"]
+    assert report["short_rate"] >= 190, report["short_rate"]
+    assert report["long"]["sent"] >= 4 * 25, report["long"]
+    assert set(lab.versions("catalog").values()) == {"v2"}
+
+    # capacity invariant, sampled from both load balancers at least every 250 ms
+    members = lab.instances("catalog")
+    spec = lab.hostvars[members[0]]["berth_service_spec"]
+    floor = len(members) - spec["max_unavailable"]
+    dc_of = {host: lab.hostvars[host]["berth_dc"] for host in members}
+    samples = report["samples"]
+    gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(samples)]
+    assert statistics.median(gaps) <= 0.25 and len(samples) > 100
+    lowest = len(members)
+    for sample in samples:
+        for lb, up in sample["up"].items():
+            lowest = min(lowest, len(up))
+            assert len(up) >= floor, f"{lb} at {sample['t']} s had only {up} UP (floor {floor})"
+            for dc in set(dc_of.values()):
+                in_dc = [h for h in members if dc_of[h] == dc]
+                assert len([h for h in up if dc_of[h] == dc]) >= len(in_dc) - 1, (lb, sample)
+    assert lowest == floor  # the rollout did take instances out, one at a time
+    lab_metrics.add(
+        f"rollout v1->v2 of 4 instances under load: {rollout.seconds} s; short {report['short']['sent']} "
+        f"({report['short_rate']}/s), long {report['long']['sent']}, failed 0; fewest UP seen {lowest}/4"
+    )
+
+
+def test_the_same_version_again_changes_nothing(rollout_lab: RolloutLab) -> None:
+    again = rollout_lab.deploy("-e", "service=catalog", "-e", "version=v2")
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.changed == 0, again.output[-4000:]
+    assert "Stop new traffic" not in again.output  # nothing was drained
+    assert "nothing to do" in again.output
+
+
+def test_a_broken_release_halts_in_the_first_batch_and_reverts(
+    rollout_lab: RolloutLab, lab_metrics: Any
+) -> None:
+    lab = rollout_lab
+    load = Load(lab, "catalog", "v3")
+    try:
+        time.sleep(2)
+        broken = lab.deploy("-e", "service=catalog", "-e", "version=v3", rollout_progress_deadline=10)
+        time.sleep(1)
+    finally:
+        report = load.stop()
+    assert broken.returncode != 0
+    assert "rollout of catalog to v3 halted at catalog-1" in broken.output, broken.output[-4000:]
+    assert "catalog-1 is back on v2 and in rotation" in broken.output
+    assert "HTTP 503" in broken.output  # what the health gate saw
+    assert broken.recaps["catalog-2"]["changed"] <= 2  # staged only: never drained, stopped or switched
+    assert_no_request_lost(report)
+    assert set(lab.versions("catalog").values()) == {"v2"}
+    assert lab.journal("catalog")["status"] == "halted"
+    lab_metrics.add(
+        f"broken v3: halted and reverted in {broken.seconds} s; {report['short']['sent']} requests, 0 failed"
+    )
+
+
+def test_an_interrupted_rollout_completes_when_rerun(rollout_lab: RolloutLab) -> None:
+    lab = rollout_lab
+    variables = lab.workdir / "interrupted.json"
+    variables.write_text(json.dumps({**LB_UNDER_TEST, "service": "catalog", "version": "v1"}))
+    process = subprocess.Popen(
+        [str(BIN / "ansible-playbook"), "-i", str(lab.spec), str(DEPLOY), "-e", f"@{variables}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # kill it once the first batch is done (the journal says so) and the second has begun
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                if lab.journal("catalog").get("target") == "v1" and lab.journal("catalog").get(
+                    "batches_done"
+                ):
+                    break
+            time.sleep(0.2)
+        time.sleep(2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the playbook and the ssh sessions it started
+        process.wait()
+    mixed = lab.versions("catalog")
+    assert mixed["catalog-1"] == "v1" and "v2" in mixed.values(), mixed
+    rerun = lab.deploy("-e", "service=catalog", "-e", "version=v1")
+    assert rerun.returncode == 0, rerun.output[-4000:]
+    assert set(lab.versions("catalog").values()) == {"v1"}
+    assert "catalog-1" not in rerun.output.split("catalog -> v1:")[1].split("\n")[0]  # not redone
+    assert lab.journal("catalog")["from"]["catalog-1"] == "v2"  # where the rollout started
+
+
+def test_rollback_returns_to_the_previous_revision(rollout_lab: RolloutLab) -> None:
+    back = rollout_lab.deploy("-e", "service=catalog", playbook=ROLLBACK)
+    assert back.returncode == 0, back.output[-4000:]
+    assert set(rollout_lab.versions("catalog").values()) == {"v2"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"service": "catalgo"}, "unknown service 'catalgo'"),
+        (
+            {"service": "catalog", "version": "v9"},
+            "missing artifact /var/lib/berth/artifacts/catalog-v9.tar.gz",
+        ),
+        (
+            {"service": "catalog", "version": "v1", "rollout_artifacts_dir": "TAMPERED"},
+            "refusing to deploy it",
+        ),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_touched(
+    rollout_lab: RolloutLab, extra: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    if extra.get("rollout_artifacts_dir") == "TAMPERED":
+        for suffix in ("", ".sha256"):
+            (tmp_path / f"catalog-v1.tar.gz{suffix}").write_bytes(
+                (ARTIFACTS / f"catalog-v1.tar.gz{suffix}").read_bytes()
+            )
+        (tmp_path / "catalog-v1.tar.gz").write_bytes(b"not the artifact that was built")
+        extra = {**extra, "rollout_artifacts_dir": str(tmp_path)}
+    before = rollout_lab.versions("catalog")
+    refused = rollout_lab.deploy(**extra)
+    assert refused.returncode != 0
+    assert message in refused.output, refused.output[-3000:]
+    assert "PLAY [Deploy | load balancers" not in refused.output  # stopped in the controller preflight
+    assert rollout_lab.versions("catalog") == before
+
+
+def test_max_unavailable_out_of_range_fails_at_the_inventory(rollout_lab: RolloutLab) -> None:
+    import yaml
+
+    raw = yaml.safe_load(rollout_lab.spec.read_text())
+    raw["environment"]["services"]["catalog"]["max_unavailable"] = 5
+    bad = rollout_lab.workdir / "bad.berth.yml"
+    bad.write_text(yaml.safe_dump(raw))
+    refused = run_playbook(DEPLOY, str(bad), "-e", "service=catalog")
+    assert refused.returncode != 0
+    assert (
+        "environment.services.catalog.max_unavailable: expected at most the service's 4 instances, got 5"
+        in refused.output
+    )

@@ -1,0 +1,139 @@
+"""`make demo`: Berth's main job on the built-in local lab estate, start to finish.
+
+1. every environment's placement, as tables;
+2. the artifacts, built once per version;
+3. provision the lab (nspawn machines in 2 DCs, one HAProxy per DC);
+4. deploy catalog and orders v1 behind the load balancers (a first deploy);
+5. start an independent load generator (short requests + 5 s requests through both LBs), roll
+   catalog v1 -> v2, stop the load and print what it saw and where the rollout's time went;
+6. destroy the lab, unless --keep.
+
+    .venv/bin/python tools/demo.py [--env lab] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LOADGEN = ROOT / "tools" / "loadgen.py"
+
+
+def step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def playbook(*args: str, quiet: bool = True) -> float:
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(BIN / "ansible-playbook"), *args], cwd=ROOT, capture_output=quiet, text=True, check=False
+    )
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        if quiet:
+            print(result.stdout[-4000:], result.stderr[-2000:])
+        raise SystemExit(f"ansible-playbook {' '.join(args)} failed after {seconds:.1f} s")
+    return seconds
+
+
+def inventory(env: str) -> dict[str, dict[str, object]]:
+    listing = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", f"inventories/{env}", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def plain(value: dict[str, object]) -> object:
+        return value["__ansible_unsafe"] if set(value) == {"__ansible_unsafe"} else value
+
+    hostvars: dict[str, dict[str, object]] = json.loads(listing, object_hook=plain)["_meta"]["hostvars"]
+    return hostvars
+
+
+def placement_tables() -> None:
+    for env in ("dev", "ci", "prod", "lab"):
+        out = subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", f"inventories/{env}", "playbooks/placement.yml"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        table = out.split("msg: |-", 1)[1].split("\n\n", 1)[0]
+        print("\n".join(line[8:] for line in table.splitlines()[1:]), "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="lab")
+    parser.add_argument("--keep", action="store_true", help="leave the lab running")
+    args = parser.parse_args()
+    env = ["-i", f"inventories/{args.env}"]
+    workdir = ROOT / ".lab"
+    workdir.mkdir(exist_ok=True)
+
+    step("placement of every environment (inventories/*/topology.berth.yml)")
+    placement_tables()
+    step("artifacts: built once per version (catalog and orders, v1 v2 v3)")
+    print(f"done in {playbook('playbooks/build_artifacts.yml'):.1f} s")
+    load = None
+    try:
+        step(f"provision the {args.env} estate on this machine")
+        print(f"provisioned in {playbook(*env, 'playbooks/provision.yml'):.1f} s")
+        for service in ("catalog", "orders"):
+            step(f"deploy {service} v1 behind the load balancers")
+            seconds = playbook(*env, "playbooks/deploy.yml", "-e", f"service={service}", "-e", "version=v1")
+            print(f"deployed in {seconds:.1f} s")
+
+        hostvars = inventory(args.env)
+        lbs = sorted(h for h, v in hostvars.items() if v["berth_role"] == "lb")
+        namespace = str(hostvars[lbs[0]]["berth_lab_namespace"])
+        port = next(v["berth_port"] for v in hostvars.values() if v.get("berth_service") == "catalog")
+        report = workdir / "load.json"
+        argv = ["nsenter", f"--net=/run/netns/{namespace}", "/usr/bin/python3", str(LOADGEN)]
+        for lb in lbs:
+            address = hostvars[lb]["ansible_host"]
+            argv += ["--target", f"http://{address}:{port}", "--stats", f"http://{address}:8404/stats"]
+        argv += ["--backend", "be_catalog", "--rate", "200", "--slow-rate", "4", "--slow-seconds", "5"]
+        step("roll catalog v1 -> v2 while a load generator sends 200 req/s + 4 req/s of 5 s requests")
+        load = subprocess.Popen([*argv, "--out", str(report)])
+        time.sleep(3)
+        seconds = playbook(*env, "playbooks/deploy.yml", "-e", "service=catalog", "-e", "version=v2")
+        time.sleep(1)
+        load.send_signal(signal.SIGTERM)
+        load.wait(timeout=60)
+        load = None
+        journal = next(Path(str(hostvars[lbs[0]]["berth_state_dir"])).glob("rollouts/catalog.json"))
+        step("summary")
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "tools" / "rollout_report.py"),
+                str(report),
+                str(journal),
+                f"{seconds:.2f}",
+            ],
+            check=True,
+        )
+    finally:
+        if load is not None and load.poll() is None:
+            load.kill()
+            load.wait()
+        if args.keep:
+            step(f"left running: make lab-shell ENV={args.env}; make destroy ENV={args.env} removes it")
+        else:
+            step(f"destroy the {args.env} estate")
+            print(f"destroyed in {playbook(*env, 'playbooks/destroy.yml'):.1f} s")
+
+
+if __name__ == "__main__":
+    main()
