@@ -16,12 +16,17 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ansible_collections.berth.fleet.plugins.module_utils._command import (
+    CommandResult,
+    Runner,
+    subprocess_runner,
+)
 
 # Bump whenever customise_rootfs() or the debootstrap invocation changes what ends up in an image.
 RECIPE_VERSION = 1
@@ -70,21 +75,6 @@ _HASH_CHUNK = 1 << 20
 
 class ImageError(Exception):
     """Anything that stops an image from being built, verified or removed."""
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    rc: int
-    stdout: str
-    stderr: str
-
-
-Runner = Callable[[Sequence[str]], CommandResult]
-
-
-def subprocess_runner(argv: Sequence[str]) -> CommandResult:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def run_checked(runner: Runner, argv: Sequence[str]) -> CommandResult:

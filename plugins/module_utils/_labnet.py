@@ -12,11 +12,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ansible_collections.berth.fleet.plugins.module_utils._command import (
+    Runner,
+    subprocess_runner,
+)
 
 NETNS_DIR = Path("/run/netns")
 IFNAME_MAX = 15
@@ -27,21 +31,6 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 class LabNetError(Exception):
     """Anything that stops the lab network from being read, validated or changed."""
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    rc: int
-    stdout: str
-    stderr: str
-
-
-Runner = Callable[[Sequence[str]], CommandResult]
-
-
-def subprocess_runner(argv: Sequence[str]) -> CommandResult:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def netns_path(namespace: str) -> Path:

@@ -28,11 +28,16 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ansible_collections.berth.fleet.plugins.module_utils._command import (
+    CommandResult,
+    Runner,
+    subprocess_runner,
+)
 from ansible_collections.berth.fleet.plugins.module_utils._labnet import netns_path, validate_ifname
 
 DEFAULT_MACHINES_DIR = Path("/var/lib/berth/machines")
@@ -55,21 +60,6 @@ _V1_CONTROLLERS = frozenset(
 
 class NspawnError(Exception):
     """Anything that stops a machine from being validated, created, started, stopped or removed."""
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    rc: int
-    stdout: str
-    stderr: str
-
-
-Runner = Callable[[Sequence[str]], CommandResult]
-
-
-def subprocess_runner(argv: Sequence[str]) -> CommandResult:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 # --- the machine's configuration ----------------------------------------------------------------

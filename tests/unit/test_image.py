@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.berth.fleet.plugins.module_utils import _image
+from ansible_collections.berth.fleet.plugins.module_utils._command import CommandResult
 from ansible_collections.berth.fleet.plugins.module_utils._image import (
     BASE_PACKAGES,
-    CommandResult,
     ImageBuilder,
     ImageError,
     ImageSpec,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from ansible_collections.berth.fleet.plugins.module_utils._command import CommandResult
 from ansible_collections.berth.fleet.plugins.module_utils._labnet import (
     BridgeSpec,
-    CommandResult,
     LabNetError,
     LabNetwork,
     LabNetworkSpec,

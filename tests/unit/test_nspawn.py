@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.berth.fleet.plugins.module_utils import _nspawn
+from ansible_collections.berth.fleet.plugins.module_utils._command import CommandResult
 from ansible_collections.berth.fleet.plugins.module_utils._nspawn import (
-    CommandResult,
     Hierarchy,
     MachineRequest,
     NspawnError,
