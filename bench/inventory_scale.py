@@ -23,6 +23,9 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from inventory_json import plain
+
 ROOT = Path(__file__).resolve().parents[1]
 ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
 
@@ -89,16 +92,6 @@ def to_static(listing: dict[str, Any]) -> dict[str, Any]:
     return {"all": {"vars": all_vars, "children": groups}}
 
 
-def plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
-
-
 def run_list(source: Path, plugin: str) -> tuple[float, dict[str, Any]]:
     env = dict(os.environ, ANSIBLE_INVENTORY_ENABLED=plugin)
     start = time.perf_counter()
@@ -113,7 +106,7 @@ def run_list(source: Path, plugin: str) -> tuple[float, dict[str, Any]]:
     elapsed = time.perf_counter() - start
     if result.returncode:
         sys.exit(f"ansible-inventory failed on {source}:\n{result.stderr[-2000:]}")
-    return elapsed, json.loads(result.stdout)
+    return elapsed, json.loads(result.stdout, object_hook=plain)
 
 
 def main() -> None:
@@ -139,7 +132,7 @@ def main() -> None:
             elapsed, listing = run_list(spec_path, "berth.fleet.topology")
             berth_times.append(elapsed)
         static_path = Path(tmp) / "static.yml"
-        static = to_static(plain(listing))
+        static = to_static(listing)
         static_path.write_text(yaml.safe_dump(static, sort_keys=False))
         hosts = len(listing["_meta"]["hostvars"])
         static_times = []

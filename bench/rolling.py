@@ -26,6 +26,9 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from inventory_json import hostvars as inventory_hostvars
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLASSIC = ROOT / ".cache" / "classic"
@@ -115,16 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     ensure_classic_collections()
     spec = spec_path()
-    listing = subprocess.run(
-        [str(BIN / "ansible-inventory"), "-i", str(spec), "--list"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    hostvars = json.loads(
-        listing, object_hook=lambda v: v["__ansible_unsafe"] if set(v) == {"__ansible_unsafe"} else v
-    )["_meta"]["hostvars"]
+    hostvars = inventory_hostvars(spec)
     classic_env = dict(
         os.environ, ANSIBLE_COLLECTIONS_PATH=f"{ROOT}:{CLASSIC}", ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")
     )
@@ -132,15 +126,22 @@ def main() -> None:
     try:
         playbook(spec, "playbooks/build_artifacts.yml")
         playbook(spec, "playbooks/provision.yml")
-        for method in (
+        methods = (
             "classic: disable (MAINT), restart",
+            "classic: disable, abrupt stop",
             "classic: drain + wait, restart",
             "berth deploy.yml",
-        ):
+        )
+        for method in methods:
             playbook(spec, "playbooks/deploy.yml", "-e", "service=catalog", "-e", "version=v1")
             if method.startswith("classic"):
-                drain = "true" if "drain" in method else "false"
-                extra = ["-e", "service=catalog", "-e", "version=v2", "-e", f"classic_drain={drain}"]
+                extra = ["-e", "service=catalog", "-e", "version=v2"]
+                extra += [
+                    "-e",
+                    f"classic_drain={'drain' in method}",
+                    "-e",
+                    f"classic_abrupt={'abrupt' in method}",
+                ]
                 seconds, load = under_load(
                     spec,
                     hostvars,
@@ -168,7 +169,7 @@ def main() -> None:
     floor = sum(b["drain_wait"] + b["risen_after"] + b["ready_wait"] for b in journal["batches_done"])
     berth = rows[-1][1]
     print(
-        f"\nberth vs classic drain+wait: {berth / rows[1][1]:.2f}x the time; vs classic disable: {berth / rows[0][1]:.2f}x"
+        f"\nberth vs classic drain+wait: {berth / rows[2][1]:.2f}x the time; vs classic disable: {berth / rows[0][1]:.2f}x"
     )
     print(
         f"berth {berth:.1f} s vs floor {floor:.1f} s (Σ drain + restart to healthy + LB rise): {berth / floor:.2f}x"

@@ -14,12 +14,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from inventory_json import hostvars as inventory_hostvars
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,22 +42,6 @@ def playbook(*args: str, quiet: bool = True) -> float:
             print(result.stdout[-4000:], result.stderr[-2000:])
         raise SystemExit(f"ansible-playbook {' '.join(args)} failed after {seconds:.1f} s")
     return seconds
-
-
-def inventory(env: str) -> dict[str, dict[str, object]]:
-    listing = subprocess.run(
-        [str(BIN / "ansible-inventory"), "-i", f"inventories/{env}", "--list"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-    def plain(value: dict[str, object]) -> object:
-        return value["__ansible_unsafe"] if set(value) == {"__ansible_unsafe"} else value
-
-    hostvars: dict[str, dict[str, object]] = json.loads(listing, object_hook=plain)["_meta"]["hostvars"]
-    return hostvars
 
 
 def placement_tables() -> None:
@@ -94,7 +79,7 @@ def main() -> None:
             seconds = playbook(*env, "playbooks/deploy.yml", "-e", f"service={service}", "-e", "version=v1")
             print(f"deployed in {seconds:.1f} s")
 
-        hostvars = inventory(args.env)
+        hostvars = inventory_hostvars(f"inventories/{args.env}")
         lbs = sorted(h for h, v in hostvars.items() if v["berth_role"] == "lb")
         namespace = str(hostvars[lbs[0]]["berth_lab_namespace"])
         port = next(v["berth_port"] for v in hostvars.values() if v.get("berth_service") == "catalog")

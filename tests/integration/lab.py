@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from inventory_json import hostvars
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -198,18 +201,4 @@ def lab_spec(path: Path, environment: str, state_dir: Path, shape: str = "lab") 
 
 
 def inventory_hostvars(spec: Path) -> dict[str, dict[str, Any]]:
-    listing = subprocess.run(
-        [str(BIN / "ansible-inventory"), "-i", str(spec), "--list"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    hostvars: dict[str, dict[str, Any]] = json.loads(listing, object_hook=_unsafe_to_plain)["_meta"][
-        "hostvars"
-    ]
-    return hostvars
-
-
-def _unsafe_to_plain(value: dict[str, Any]) -> Any:
-    return value["__ansible_unsafe"] if set(value) == {"__ansible_unsafe"} else value
+    return hostvars(spec)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -11,6 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from inventory_json import inventory_list
 from specs import spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,34 +20,16 @@ BIN = Path(sys.executable).parent
 
 
 def inventory(source: Path | str) -> dict[str, Any]:
-    result = subprocess.run(
-        [str(BIN / "ansible-inventory"), "-i", str(source), "--list"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-    )
-    return dict(json.loads(result.stdout))
+    return inventory_list(source)
 
 
 def hosts_of(data: dict[str, Any], group: str) -> list[str]:
     return list(data.get(group, {}).get("hosts", []))
 
 
-def plain(value: Any) -> Any:
-    """ansible-inventory marks strings as unsafe in its JSON; unwrap them."""
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
-
-
 @pytest.fixture(scope="module")
 def envs() -> dict[str, dict[str, Any]]:
-    return {env: plain(inventory(ROOT / "inventories" / env)) for env in ("dev", "ci", "prod", "lab")}
+    return {env: (inventory(ROOT / "inventories" / env)) for env in ("dev", "ci", "prod", "lab")}
 
 
 def test_prod_is_figure_8_9(envs: dict[str, dict[str, Any]]) -> None:
@@ -126,7 +110,7 @@ def test_constructable_keyed_groups_and_compose(tmp_path: Path) -> None:
     raw["groups"] = {"first_instances": "berth_instance == 1"}
     path = tmp_path / "constructed.berth.yml"
     path.write_text(yaml.safe_dump(raw))
-    data = plain(inventory(path))
+    data = inventory(path)
     assert len(hosts_of(data, "version_v1")) == 6
     assert sorted(hosts_of(data, "first_instances")) == ["catalog-1", "orders-1"]
     assert data["_meta"]["hostvars"]["catalog-1"]["health_url"] == "http://10.90.1.16:8080/health"
@@ -181,7 +165,7 @@ def test_metal_hosts_carry_one_instance_and_a_templatable_bmc_reference(tmp_path
     )
     path = tmp_path / "metal.berth.yml"
     path.write_text(yaml.safe_dump(raw))
-    hostvars = plain(inventory(path))["_meta"]["hostvars"]
+    hostvars = (inventory(path))["_meta"]["hostvars"]
     assert {hostvars[h]["berth_node"] for h in ("orders-1", "orders-2")} == {"bm-1", "bm-2"}
     assert hostvars["orders-1"]["ansible_host"] == "10.90.1.10"
     # the reference resolves where it is used (in real use, from a vaulted vars file)
