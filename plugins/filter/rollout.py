@@ -45,9 +45,38 @@ _value:
   elements: dict
 """
 
-from ansible_collections.berth.fleet.plugins.module_utils._rollout import members_from_inventory
+from ansible_collections.berth.fleet.plugins.module_utils._rollout import (
+    journal_batch_done,
+    journal_started,
+    members_from_inventory,
+)
+
+
+def _waits(results, key):
+    """The `key` of every registered result, looking inside loop results."""
+    values = []
+    for result in results:
+        for item in result.get("results", [result]):
+            if isinstance(item, dict) and item.get(key) is not None:
+                values.append(float(item[key]))
+    return values
+
+
+def rollout_batch_done(journal, hosts, seconds, drained, gates, ups):
+    return journal_batch_done(
+        journal,
+        list(hosts),
+        float(seconds),
+        drain_waits=_waits(drained, "waited"),
+        risen_after=_waits(gates, "risen_after"),
+        ready_waits=_waits(ups, "waited"),
+    )
 
 
 class FilterModule:
     def filters(self):
-        return {"rollout_members": members_from_inventory}
+        return {
+            "rollout_members": members_from_inventory,
+            "rollout_journal_started": journal_started,
+            "rollout_journal_batch_done": rollout_batch_done,
+        }

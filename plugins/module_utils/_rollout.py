@@ -158,3 +158,42 @@ def members_from_inventory(
             }
         )
     return members
+
+
+def journal_started(
+    previous: Mapping[str, Any],
+    service: str,
+    target: str,
+    versions_now: Mapping[str, str],
+    batches: list[list[str]],
+) -> dict[str, Any]:
+    """The journal of a rollout that is starting. A rerun of the same unfinished rollout keeps
+    where it started from (`from`), so rollback returns to the right revision."""
+    resumed = previous.get("target") == target and previous.get("status") != "complete" and "from" in previous
+    return {
+        "service": service,
+        "target": target,
+        "status": "running",
+        "from": dict(previous["from"]) if resumed else dict(versions_now),
+        "plan": batches,
+        "batches_done": list(previous.get("batches_done", [])) if resumed else [],
+    }
+
+
+def journal_batch_done(
+    journal: Mapping[str, Any],
+    hosts: list[str],
+    seconds: float,
+    drain_waits: list[float],
+    risen_after: list[float],
+    ready_waits: list[float],
+) -> dict[str, Any]:
+    """The journal with one more finished batch and where its time went (the longest of each wait)."""
+    record = {
+        "hosts": hosts,
+        "seconds": round(seconds, 2),
+        "drain_wait": round(max(drain_waits, default=0.0), 2),
+        "risen_after": round(max(risen_after, default=0.0), 2),
+        "ready_wait": round(max(ready_waits, default=0.0), 2),
+    }
+    return {**journal, "batches_done": [*journal.get("batches_done", []), record]}

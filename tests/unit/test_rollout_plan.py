@@ -60,3 +60,25 @@ def test_refuses_when_too_many_are_already_down() -> None:
 def test_max_unavailable_must_fit(bad: int) -> None:
     with pytest.raises(RolloutError, match="must be between 1 and its 4 instances"):
         plan_rollout("catalog", prod(), "v2", bad)
+
+
+def test_journal_keeps_where_an_unfinished_rollout_started() -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils._rollout import (
+        journal_batch_done,
+        journal_started,
+    )
+
+    first = journal_started(
+        {}, "catalog", "v2", {"catalog-1": "v1", "catalog-2": "v1"}, [["catalog-1"], ["catalog-2"]]
+    )
+    assert first["from"] == {"catalog-1": "v1", "catalog-2": "v1"} and first["status"] == "running"
+    done = journal_batch_done(first, ["catalog-1"], 12.345, [3.2, 0.0], [0.56], [0.0, 0.1])
+    assert done["batches_done"] == [
+        {"hosts": ["catalog-1"], "seconds": 12.35, "drain_wait": 3.2, "risen_after": 0.56, "ready_wait": 0.1}
+    ]
+    # interrupted, rerun: catalog-1 is on v2 already, but the rollout started from v1
+    again = journal_started(done, "catalog", "v2", {"catalog-1": "v2", "catalog-2": "v1"}, [["catalog-2"]])
+    assert again["from"]["catalog-1"] == "v1" and len(again["batches_done"]) == 1
+    # a finished rollout is not resumed: the next one starts from what runs now
+    fresh = journal_started({**done, "status": "complete"}, "catalog", "v2", {"catalog-1": "v2"}, [])
+    assert fresh["from"] == {"catalog-1": "v2"} and fresh["batches_done"] == []
