@@ -33,6 +33,8 @@ from typing import Any
 import pytest
 from lab import PlaybookRun, local_play, run_playbook
 
+from tests.lb_member_states import EXPECTED as MATRIX
+
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 BACKEND = "app"
 INTER = 0.1  # seconds, `inter 100`
@@ -541,26 +543,6 @@ def test_ready_with_a_failing_health_check_times_out_naming_it(lb: LoadBalancer,
 
 
 # --- every starting state x every target ---------------------------------------------------------
-
-# (start, target): changed, admin after, operational after, failure expected in the message
-MATRIX = {
-    ("UP", "ready"): (False, "ready", "UP", None),
-    ("UP", "drain"): (True, "drain", "UP", None),
-    ("UP", "maint"): (True, "maint", "MAINT", None),
-    ("UP", "weight"): (True, "ready", "UP", None),
-    ("DOWN", "ready"): (False, "ready", "DOWN", "L7STS 503"),
-    ("DOWN", "drain"): (True, "drain", "DOWN", None),
-    ("DOWN", "maint"): (True, "maint", "MAINT", None),
-    ("DOWN", "weight"): (True, "ready", "DOWN", None),
-    ("DRAIN", "ready"): (True, "ready", "UP", None),
-    ("DRAIN", "drain"): (False, "drain", "UP", None),
-    ("DRAIN", "maint"): (True, "maint", "MAINT", None),
-    ("DRAIN", "weight"): (True, "drain", "UP", None),
-    ("MAINT", "ready"): (True, "ready", "UP", None),
-    ("MAINT", "drain"): (False, "maint", "MAINT", None),
-    ("MAINT", "maint"): (False, "maint", "MAINT", None),
-    ("MAINT", "weight"): (True, "maint", "MAINT", None),
-}
 
 
 @pytest.mark.parametrize(("start", "target"), list(MATRIX), ids=[f"{s}-to-{t}" for s, t in MATRIX])

@@ -29,6 +29,7 @@ from ansible_collections.berth.fleet.plugins.module_utils._haproxy import (
     plan_change,
     predict,
 )
+from tests.lb_member_states import EXPECTED
 
 STAT_HEADER = (
     "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,"
@@ -475,27 +476,6 @@ def put(fake: FakeHaproxy, start: str) -> None:
     elif start == "MAINT":
         server.admin, server.op_state, server.health = 0x01, 0, 0
         server.check_state |= 0x08
-
-
-EXPECTED = {
-    # (start, target): (changed, admin after, operational after, fails with)
-    ("UP", "ready"): (False, "ready", "UP", None),
-    ("UP", "drain"): (True, "drain", "UP", None),
-    ("UP", "maint"): (True, "maint", "MAINT", None),
-    ("UP", "weight"): (True, "ready", "UP", None),
-    ("DOWN", "ready"): (False, "ready", "DOWN", "L7STS 503"),
-    ("DOWN", "drain"): (True, "drain", "DOWN", None),
-    ("DOWN", "maint"): (True, "maint", "MAINT", None),
-    ("DOWN", "weight"): (True, "ready", "DOWN", None),
-    ("DRAIN", "ready"): (True, "ready", "UP", None),
-    ("DRAIN", "drain"): (False, "drain", "UP", None),
-    ("DRAIN", "maint"): (True, "maint", "MAINT", None),
-    ("DRAIN", "weight"): (True, "drain", "UP", None),
-    ("MAINT", "ready"): (True, "ready", "UP", None),
-    ("MAINT", "drain"): (False, "maint", "MAINT", None),
-    ("MAINT", "maint"): (False, "maint", "MAINT", None),
-    ("MAINT", "weight"): (True, "maint", "MAINT", None),
-}
 
 
 def target_request(target: str) -> MemberRequest:
