@@ -275,11 +275,12 @@ def _int(value: str | None) -> int:
 def describe_check(stat_row: dict[str, str]) -> tuple[str, str]:
     """(check_status, last_check) of a stat row.
 
-    For example ("L7STS 503", "Layer7 wrong status: Service Unavailable").
+    For example ("L7STS 503", "Layer7 wrong status: Service Unavailable"). While a check is running
+    HAProxy prefixes the status with "* " and its code is not meaningful yet, so the code is left out.
     """
-    status = " ".join(
-        part for part in (stat_row.get("check_status", ""), stat_row.get("check_code", "")) if part
-    )
+    check_status = stat_row.get("check_status", "")
+    code = "" if check_status.startswith("*") else stat_row.get("check_code", "")
+    status = " ".join(part for part in (check_status, code) if part)
     text = ": ".join(part for part in (stat_row.get("check_desc", ""), stat_row.get("last_chk", "")) if part)
     return status, text
 
@@ -570,12 +571,20 @@ class HaproxyServer:
             ) from None
 
     def wait_for_up(self, timeout: float, poll_interval: float) -> float:
+        concluded: list[ServerState] = []  # polls that saw a finished check, not one in progress
+
+        def up(state: ServerState) -> bool:
+            if state.check_status and not state.check_status.startswith("*"):
+                concluded.append(state)
+            return state.in_rotation
+
         try:
-            return self.wait_until(lambda state: state.in_rotation, timeout, poll_interval)
+            return self.wait_until(up, timeout, poll_interval)
         except HaproxyTimeout as exc:
             last = exc.state
-            check = last.check_status or "no check result"
-            detail = f" ({last.last_check})" if last.last_check else ""
+            told = concluded[-1] if concluded else last
+            check = told.check_status or "no check result"
+            detail = f" ({told.last_check})" if told.last_check else ""
             raise HaproxyTimeout(
                 f"{self.name} is not UP after {exc.elapsed:.1f} s (ready_timeout {timeout:g} s): "
                 f"operational {last.operational}, admin {last.admin}, last health check {check}{detail}. "

@@ -551,6 +551,25 @@ def test_leaving_maint_with_a_failing_check_never_reports_up(haproxy: FakeHaprox
     assert info.value.details["after"]["admin"] == "ready"
 
 
+def test_a_timeout_reports_the_last_finished_check_not_the_one_in_progress(haproxy: FakeHaproxy) -> None:
+    """HAProxy shows "* L7STS" with code 0 while a check runs; the message tells the finished one."""
+    put(haproxy, "DOWN")
+    server = haproxy.servers["s1"]
+    running = ("* L7STS", "0", "Layer7 wrong status", "")
+    original = haproxy.show_stat
+
+    def then_running(backend_id: int, server_id: int) -> str:
+        answer = original(backend_id, server_id)  # the first poll sees the finished check
+        server.check_result = running  # every later one sees a check in progress
+        return answer
+
+    haproxy.show_stat = then_running  # type: ignore[method-assign]
+    with pytest.raises(HaproxyTimeout) as info:
+        manager(haproxy).apply(request(state="ready", ready_timeout=1), check_mode=False)
+    assert "last health check L7STS 503 (Layer7 wrong status: Service Unavailable)" in str(info.value)
+    assert describe_check({"check_status": "* L7STS", "check_code": "0"}) == ("* L7STS", "")
+
+
 def test_leaving_maint_without_checks_is_a_plain_ready(haproxy: FakeHaproxy) -> None:
     put(haproxy, "MAINT")
     haproxy.servers["s1"].check_state = 0
