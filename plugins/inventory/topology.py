@@ -19,7 +19,7 @@ description:
     C(substrate_<vm|metal|local>), C(instances), C(lb) and C(lb_<datacenter>)."
   - "Host variables: C(ansible_host), C(berth_role), C(berth_service), C(berth_instance),
     C(berth_dc), C(berth_machine), C(berth_machine_kind), C(berth_substrate), C(berth_node),
-    C(berth_address), C(berth_port), and C(berth_hypervisor_uri) or C(berth_bmc) where they apply.
+    C(berth_address), C(berth_port), and C(berth_hypervisor) or C(berth_bmc) where they apply.
     Variables of group C(all): C(berth_environment), C(berth_colocation), C(berth_datacenters).
     Each C(svc_<service>) group carries C(berth_service_spec), the service's descriptor with its
     C(instances) and resolved C(max_unavailable) count."

@@ -29,7 +29,7 @@ from ansible_collections.berth.fleet.plugins.module_utils._command import (
 )
 
 # Bump whenever customise_rootfs() or the debootstrap invocation changes what ends up in an image.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 DEFAULT_IMAGES_DIR = Path("/var/lib/berth/images")
 DEFAULT_SUITE = "bookworm"
@@ -51,6 +51,12 @@ BASE_PACKAGES: tuple[str, ...] = (
     "socat",
     "procps",
     "less",
+    # VMs and emulated metal boot this same rootfs (berth.fleet.guest_image): cloud-init reads their
+    # NoCloud seed, udev brings up their devices. Both stay inert in nspawn machines.
+    "cloud-init",
+    # provides a virtual package that cloud-init needs; debootstrap resolves only real packages
+    "python3-cffi-backend",
+    "udev",
 )
 
 # Lab hosts have no route to any mirror: periodic apt jobs would only fail. HAProxy is baked in so
@@ -459,9 +465,9 @@ class ImageBuilder:
             if shutil.which(tool) is None:
                 raise ImageError(f"{tool} is not installed on the controller (apt-get install {tool})")
 
-    def _locked(self) -> _FileLock:
+    def _locked(self) -> FileLock:
         self.spec.images_dir.mkdir(parents=True, exist_ok=True)
-        return _FileLock(self.spec.lock_path)
+        return FileLock(self.spec.lock_path)
 
     def _build(self) -> ImageResult:
         started = time.monotonic()
@@ -511,12 +517,12 @@ class ImageBuilder:
         return result
 
 
-class _FileLock:
+class FileLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
 
-    def __enter__(self) -> _FileLock:
+    def __enter__(self) -> FileLock:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         return self
@@ -548,6 +554,11 @@ def customise_rootfs(rootfs: Path, runner: Runner) -> None:
     (etc / "resolv.conf").unlink(missing_ok=True)
     (etc / "resolv.conf").write_text("# Berth lab host: no DNS, the lab has no route out.\n")
     (etc / "hosts").write_text("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n")
+    # nspawn machines get everything from nspawn_host; only guest images (VMs) turn cloud-init on.
+    (etc / "cloud").mkdir(exist_ok=True)
+    (etc / "cloud/cloud-init.disabled").write_text(
+        "Berth: enabled only in guest images (berth.fleet.guest_image)\n"
+    )
     for argv in systemctl_argvs(rootfs):
         run_checked(runner, argv)
     for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):

@@ -13,7 +13,12 @@ from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils import _lab
 from ansible_collections.berth.fleet.plugins.module_utils._placement import Instance, Placement, place
-from ansible_collections.berth.fleet.plugins.module_utils._spec import Machine, Topology, parse_topology
+from ansible_collections.berth.fleet.plugins.module_utils._spec import (
+    Machine,
+    Topology,
+    VirtSettings,
+    parse_topology,
+)
 
 _UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9_]")
 DEFAULT_STATE_DIR = "/var/lib/berth"
@@ -79,7 +84,7 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
     for lb in placement.loadbalancers():
         carrier = machines.get(lb.machine)
         substrate = {"hypervisor": "vm", "local": "local"}[carrier.kind] if carrier else "existing"
-        host_vars = {
+        host_vars: dict[str, Any] = {
             "ansible_host": str(lb.address),
             "berth_role": "lb",
             "berth_dc": lb.dc,
@@ -88,6 +93,8 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
             "berth_substrate": substrate,
             "berth_node": placement.node_name(lb.name) if carrier else lb.name,
         }
+        if carrier is not None and carrier.virt is not None:
+            host_vars["berth_hypervisor"] = _hypervisor_vars(topology, carrier, carrier.virt)
         groups = [env_group, "lb", group_name("lb", lb.dc), group_name("dc", lb.dc)]
         if carrier:
             groups += [group_name("machine", lb.machine), group_name("substrate", substrate)]
@@ -139,8 +146,8 @@ def _instance_vars(topology: Topology, instance: Instance, machine: Machine) -> 
         "berth_address": str(instance.address),
         "berth_port": instance.port,
     }
-    if machine.kind == "hypervisor":
-        host_vars["berth_hypervisor_uri"] = machine.uri
+    if machine.virt is not None:
+        host_vars["berth_hypervisor"] = _hypervisor_vars(topology, machine, machine.virt)
     if machine.bmc is not None:
         host_vars["berth_bmc"] = {
             "address": machine.bmc.address,
@@ -152,6 +159,20 @@ def _instance_vars(topology: Topology, instance: Instance, machine: Machine) -> 
     return host_vars
 
 
+def _hypervisor_vars(topology: Topology, machine: Machine, virt: VirtSettings) -> dict[str, Any]:
+    """Everything provision needs to make a VM on this hypervisor (libvirt_vm, libvirt_network)."""
+    return {
+        "name": machine.name,
+        "uri": machine.uri,
+        "domain_type": virt.domain_type,
+        "pool": virt.pool,
+        "pool_path": virt.pool_path,
+        "bridge": virt.bridge or _lab.bridge_name(machine.dc),
+        # one libvirt network per environment and DC on each hypervisor, in bridge mode onto `bridge`
+        "network": f"berth-{topology.environment}-{machine.dc}",
+    }
+
+
 def _services(topology: Topology) -> dict[str, Any]:
     services = {}
     for service in topology.services:
@@ -161,7 +182,11 @@ def _services(topology: Topology) -> dict[str, Any]:
             "version": service.version,
             "port": service.port,
             "health": {"path": service.health.path, "status": service.health.status},
-            "resources": {"vcpus": service.resources.vcpus, "memory_mib": service.resources.memory_mib},
+            "resources": {
+                "vcpus": service.resources.vcpus,
+                "memory_mib": service.resources.memory_mib,
+                "disk_gib": service.resources.disk_gib,
+            },
             "substrate": service.substrate,
             "instances": policy.instances,
             "max_unavailable": policy.max_unavailable,

@@ -30,8 +30,10 @@ def nodes(hostvars: Mapping[str, Mapping[str, Any]], hosts: Sequence[str]) -> li
                 "prefix": datacenter["prefix"],
                 "gateway": datacenter["gateway"],
                 "bridge": host_vars.get("berth_bridge", ""),
+                "hypervisor": host_vars.get("berth_hypervisor"),
                 "vcpus": 0,
                 "memory_mib": 0,
+                "disk_gib": 0,
             },
         )
         node["hosts"].append(host)
@@ -39,4 +41,6 @@ def nodes(hostvars: Mapping[str, Mapping[str, Any]], hosts: Sequence[str]) -> li
         if resources:  # load balancers carry no service: no limits
             node["vcpus"] += resources["vcpus"]
             node["memory_mib"] += resources["memory_mib"]
+            # colocated instances share one root disk: the largest request sizes it
+            node["disk_gib"] = max(node["disk_gib"], resources.get("disk_gib", 0))
     return list(by_name.values())

@@ -25,6 +25,12 @@ KIND_FOR_SUBSTRATE: dict[str, MachineKind] = {"vm": "hypervisor", "metal": "meta
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
 VAULT_REF_RE = re.compile(r"^\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}$")
 PERCENT_RE = re.compile(r"^(\d{1,3})%$")
+LIBVIRT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ABS_PATH_RE = re.compile(r"^/[^\0]*$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+DEFAULT_DISK_GIB = 4
+DEFAULT_POOL = "berth"
+DEFAULT_POOL_PATH = "/var/lib/berth/pool"
 
 from ansible_collections.berth.fleet.plugins.module_utils._lab import IFNAMSIZ, bridge_name, default_namespace
 
@@ -49,6 +55,17 @@ class SpecError(ValueError):
 class Resources:
     vcpus: int
     memory_mib: int
+    disk_gib: int = 0  # services on VMs: the root disk; 0 for capacities
+
+
+@dataclass(frozen=True)
+class VirtSettings:
+    """How Berth uses a hypervisor: where VM disks go and which host bridge a DC's VMs join."""
+
+    domain_type: str  # "kvm", or "qemu" (TCG) where there is no hardware virtualisation (the lab)
+    pool: str  # libvirt storage pool (a directory pool) for the VM disks and the guest image
+    pool_path: str
+    bridge: str  # host bridge of the machine's DC; "" in a lab: the lab bridge of the DC
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,7 @@ class Machine:
     kind: MachineKind
     capacity: Resources
     uri: str = ""  # hypervisors: libvirt URI
+    virt: VirtSettings | None = None  # hypervisors
     address: ipaddress.IPv4Address | None = None  # metal: the host's own address
     bmc: Bmc | None = None
 
@@ -279,12 +297,36 @@ TOP_OPTIONAL = (
 
 
 class _SpecParser(_Reader):
-    def resources(self, raw: Any, key: str) -> Resources:
+    def resources(self, raw: Any, key: str, disk: bool = False) -> Resources:
         body = self.mapping(raw, key)
-        self.keys(body, key, ("vcpus", "memory_mib"))
+        self.keys(body, key, ("vcpus", "memory_mib"), ("disk_gib",) if disk else ())
         return Resources(
             vcpus=self.integer(body["vcpus"], _join(key, "vcpus"), 1, 4096),
             memory_mib=self.integer(body["memory_mib"], _join(key, "memory_mib"), 64),
+            disk_gib=self.integer(body.get("disk_gib", DEFAULT_DISK_GIB), _join(key, "disk_gib"), 1, 65536)
+            if disk
+            else 0,
+        )
+
+    def virt(self, body: Mapping[str, Any], key: str) -> VirtSettings:
+        pool = self.mapping(body.get("pool", {}), _join(key, "pool"))
+        self.keys(pool, _join(key, "pool"), (), ("name", "path"))
+        return VirtSettings(
+            domain_type=self.choice(
+                body.get("domain_type", "kvm"), _join(key, "domain_type"), ("kvm", "qemu")
+            ),
+            pool=self.string(
+                pool.get("name", DEFAULT_POOL),
+                _join(key, "pool.name"),
+                LIBVIRT_NAME_RE,
+                "a libvirt pool name",
+            ),
+            pool_path=self.string(
+                pool.get("path", DEFAULT_POOL_PATH), _join(key, "pool.path"), ABS_PATH_RE, "an absolute path"
+            ),
+            bridge=self.string(body["bridge"], _join(key, "bridge"), IFNAME_RE, "a Linux bridge name")
+            if "bridge" in body
+            else "",
         )
 
     def pool(self, raw: Any, key: str) -> AddressPool:
@@ -336,13 +378,14 @@ class _SpecParser(_Reader):
         pool = self.pool(body["address_pool"], _join(key, "address_pool"))
 
         def hypervisor(m_name: str, m_body: Mapping[str, Any], m_key: str) -> Machine:
-            self.keys(m_body, m_key, ("uri", "capacity"))
+            self.keys(m_body, m_key, ("uri", "capacity"), ("domain_type", "pool", "bridge"))
             return Machine(
                 m_name,
                 name,
                 "hypervisor",
                 self.resources(m_body["capacity"], _join(m_key, "capacity")),
                 uri=self.string(m_body["uri"], _join(m_key, "uri")),
+                virt=self.virt(m_body, m_key),
             )
 
         def metal(m_name: str, m_body: Mapping[str, Any], m_key: str) -> Machine:
@@ -416,7 +459,7 @@ class _SpecParser(_Reader):
             health=HealthCheck(
                 path, self.integer(health.get("status", 200), _join(health_key, "status"), 100, 599)
             ),
-            resources=self.resources(body["resources"], _join(key, "resources")),
+            resources=self.resources(body["resources"], _join(key, "resources"), disk=True),
             substrate=self.choice(body["substrate"], _join(key, "substrate"), SUBSTRATES),
         )
 
@@ -539,7 +582,15 @@ def _lab_namespace(
 
 
 def _check_references(parser: _Reader, topology: Topology) -> None:
-    """Cross-entry rules: unique names and addresses, overlapping pools, ports."""
+    """Cross-entry rules: unique names and addresses, overlapping pools, ports, hypervisor bridges."""
+    for dc in topology.datacenters:
+        for machine in dc.machines:
+            if machine.virt is not None and not machine.virt.bridge and not topology.lab_namespace:
+                raise parser.fail(
+                    f"estate.datacenters.{dc.name}.hypervisors.{machine.name}.bridge",
+                    "is required: the host bridge that carries datacenter "
+                    f"{dc.name}'s network on this hypervisor (only a lab estate defaults it to its DC bridge)",  # noqa: E501
+                )
     seen_names: dict[str, str] = {}
     for dc in topology.datacenters:
         entries = [(m.name, f"estate.datacenters.{dc.name}.{_section(m.kind)}.{m.name}") for m in dc.machines]

@@ -121,6 +121,31 @@ def host_snapshot() -> dict[str, Any]:
     }
 
 
+# --- SSH into the lab ---------------------------------------------------------------------------
+
+
+@dataclass
+class LabSsh:
+    namespace: str
+    key: Path
+    known_hosts: Path
+
+    def run(self, address: str, command: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        options = {
+            "StrictHostKeyChecking": "yes",
+            "UserKnownHostsFile": str(self.known_hosts),
+            "BatchMode": "yes",
+            "ConnectTimeout": "5",
+            "LogLevel": "ERROR",
+        }
+        argv = ["nsenter", f"--net=/run/netns/{self.namespace}", "ssh", "-i", str(self.key)]
+        for key, value in options.items():
+            argv += ["-o", f"{key}={value}"]
+        return subprocess.run(
+            [*argv, f"root@{address}", command], capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+
 # --- last-resort cleanup ------------------------------------------------------------------------
 
 MACHINES_DIR = Path("/var/lib/berth/machines")
@@ -174,6 +199,29 @@ def force_cleanup(machine_names: Sequence[str], namespace: str) -> list[str]:
     if namespace in _netns_names():
         subprocess.run(["ip", "netns", "delete", namespace], check=False)
         done.append(f"deleted netns {namespace}")
+    return done
+
+
+def force_vm_cleanup(domains: Sequence[str]) -> list[str]:
+    """Only when the teardown playbook failed: destroy and undefine these domains with their storage,
+    then stop the lab libvirtd if Berth's record says Berth started it."""
+    done: list[str] = []
+    virsh = ["virsh", "-c", "qemu:///system"]
+    for name in domains:
+        if subprocess.run([*virsh, "domstate", name], capture_output=True, check=False).returncode == 0:
+            subprocess.run([*virsh, "destroy", name], capture_output=True, check=False)
+            subprocess.run(
+                [*virsh, "undefine", name, "--remove-all-storage"], capture_output=True, check=False
+            )
+            done.append(f"removed domain {name}")
+    record = Path("/run/berth/lab-libvirtd.json")
+    if record.is_file():
+        for name, daemon in json.loads(record.read_text()).get("daemons", {}).items():
+            stat = Path(f"/proc/{daemon['pid']}/stat")
+            if stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[19] == daemon["start_time"]:
+                os.kill(int(daemon["pid"]), signal.SIGTERM)
+                done.append(f"stopped {name} {daemon['pid']}")
+        record.unlink()
     return done
 
 

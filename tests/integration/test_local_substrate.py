@@ -27,6 +27,7 @@ from lab import (
     MACHINES_DIR,
     PROVISION,
     ROOT,
+    LabSsh,
     force_cleanup,
     host_snapshot,
     inventory_hostvars,
@@ -59,28 +60,6 @@ def lab_links(namespace: str) -> dict[str, dict[str, Any]]:
 
 
 # --- SSH into the lab ---------------------------------------------------------------------------
-
-
-@dataclass
-class LabSsh:
-    namespace: str
-    key: Path
-    known_hosts: Path
-
-    def run(self, address: str, command: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        options = {
-            "StrictHostKeyChecking": "yes",
-            "UserKnownHostsFile": str(self.known_hosts),
-            "BatchMode": "yes",
-            "ConnectTimeout": "5",
-            "LogLevel": "ERROR",
-        }
-        argv = ["nsenter", f"--net=/run/netns/{self.namespace}", "ssh", "-i", str(self.key)]
-        for key, value in options.items():
-            argv += ["-o", f"{key}={value}"]
-        return subprocess.run(
-            [*argv, f"root@{address}", command], capture_output=True, text=True, timeout=timeout, check=False
-        )
 
 
 # --- last-resort cleanup ------------------------------------------------------------------------

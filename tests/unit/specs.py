@@ -12,16 +12,32 @@ BASE: dict[str, Any] = {
             "dc1": {
                 "address_pool": {"cidr": "10.90.1.0/24", "start": "10.90.1.16"},
                 "hypervisors": {
-                    "hv-a": {"uri": "qemu:///system", "capacity": {"vcpus": 8, "memory_mib": 8192}},
-                    "hv-b": {"uri": "qemu:///system", "capacity": {"vcpus": 8, "memory_mib": 8192}},
+                    "hv-a": {
+                        "uri": "qemu:///system",
+                        "capacity": {"vcpus": 8, "memory_mib": 8192},
+                        "bridge": "br0",
+                    },
+                    "hv-b": {
+                        "uri": "qemu:///system",
+                        "capacity": {"vcpus": 8, "memory_mib": 8192},
+                        "bridge": "br0",
+                    },
                 },
                 "loadbalancers": {"lb-dc1": {"address": "10.90.1.2"}},
             },
             "dc2": {
                 "address_pool": {"cidr": "10.90.2.0/24", "start": "10.90.2.16"},
                 "hypervisors": {
-                    "hv-c": {"uri": "qemu:///system", "capacity": {"vcpus": 8, "memory_mib": 8192}},
-                    "hv-d": {"uri": "qemu:///system", "capacity": {"vcpus": 8, "memory_mib": 8192}},
+                    "hv-c": {
+                        "uri": "qemu:///system",
+                        "capacity": {"vcpus": 8, "memory_mib": 8192},
+                        "bridge": "br0",
+                    },
+                    "hv-d": {
+                        "uri": "qemu:///system",
+                        "capacity": {"vcpus": 8, "memory_mib": 8192},
+                        "bridge": "br0",
+                    },
                 },
             },
         }

@@ -79,7 +79,10 @@ def test_host_and_group_variables(envs: dict[str, dict[str, Any]]) -> None:
     assert catalog2["berth_dc"] == "dc2"
     assert catalog2["berth_port"] == 8080
     assert catalog2["berth_node"] == "prod-catalog-2"
-    assert catalog2["berth_hypervisor_uri"].startswith("qemu+ssh://")
+    hypervisor = catalog2["berth_hypervisor"]
+    assert hypervisor["uri"].startswith("qemu+ssh://") and hypervisor["domain_type"] == "kvm"
+    assert hypervisor["network"] == f"berth-prod-{catalog2['berth_dc']}"
+    assert hypervisor["bridge"] == f"br-{catalog2['berth_dc']}" and hypervisor["pool"] == "berth"
     assert catalog2["berth_service_spec"]["health"] == {"path": "/health", "status": 200}
     assert prod["_meta"]["hostvars"]["orders-1"]["berth_service_spec"]["max_unavailable"] == 1  # 25% of 4
     assert "berth_service_spec" not in prod["_meta"]["hostvars"]["lb-dc1"]

@@ -15,7 +15,7 @@ from specs import DELETE, spec
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
 
-HV = {"uri": "qemu:///system", "capacity": {"vcpus": 8, "memory_mib": 8192}}
+HV = {"uri": "qemu:///system", "capacity": {"vcpus": 8, "memory_mib": 8192}, "bridge": "br0"}
 METAL = {
     "address": "10.90.1.10",
     "hardware": {"vcpus": 8, "memory_mib": 8192},
@@ -103,6 +103,23 @@ CORPUS: dict[str, tuple[Any, str]] = {
         {"estate.datacenters.dc2.hypervisors.hv-a": HV},
         "estate.datacenters.dc2.hypervisors.hv-a: duplicate name: 'hv-a' is already declared at "
         "estate.datacenters.dc1.hypervisors.hv-a",
+    ),
+    "hypervisor-without-bridge": (
+        {"estate.datacenters.dc1.hypervisors.hv-b.bridge": DELETE},
+        "estate.datacenters.dc1.hypervisors.hv-b.bridge: is required: the host bridge that carries datacenter "
+        "dc1's network on this hypervisor (only a lab estate defaults it to its DC bridge)",
+    ),
+    "hypervisor-domain-type": (
+        {"estate.datacenters.dc1.hypervisors.hv-a.domain_type": "xen"},
+        "estate.datacenters.dc1.hypervisors.hv-a.domain_type: expected one of kvm, qemu, got 'xen'",
+    ),
+    "hypervisor-pool-path": (
+        {"estate.datacenters.dc1.hypervisors.hv-a.pool": {"path": "pool"}},
+        "estate.datacenters.dc1.hypervisors.hv-a.pool.path: expected an absolute path, got 'pool'",
+    ),
+    "service-disk": (
+        {"services.catalog.resources.disk_gib": 0},
+        "services.catalog.resources.disk_gib: expected an integer between 1 and 65536, got 0",
     ),
     "duplicate-address": (
         {"estate.datacenters.dc1.loadbalancers.lb-dc1.address": "10.90.1.1"},

@@ -28,7 +28,7 @@ def raw_specs(draw: st.DrawFn) -> dict[str, Any]:
             size = {"vcpus": draw(st.integers(2, 32)), "memory_mib": draw(st.integers(2048, 32768))}
             name = f"m{dc_index}-{m_index}"
             if kind == "vm":
-                body: dict[str, Any] = {"uri": "qemu:///system", "capacity": size}
+                body: dict[str, Any] = {"uri": "qemu:///system", "capacity": size, "bridge": "br0"}
             elif kind == "local":
                 body = {"capacity": size}
             else:
@@ -163,7 +163,7 @@ def test_placement_is_deterministic(raw: dict[str, Any]) -> None:
 def test_scale_up_from_four_keeps_the_first_four(extra: int) -> None:
     from specs import spec
 
-    more = {"uri": "qemu:///system", "capacity": {"vcpus": 8, "memory_mib": 8192}}
+    more = {"uri": "qemu:///system", "capacity": {"vcpus": 8, "memory_mib": 8192}, "bridge": "br0"}
     roomy = {"estate.datacenters.dc1.hypervisors.hv-e": more, "estate.datacenters.dc2.hypervisors.hv-f": more}
     before = place(parse_topology(spec(**roomy), "t.berth.yml")).of_service("catalog")
     bigger = spec(**roomy, **{"environment.services.catalog": {"instances": 4 + extra}})
