@@ -14,7 +14,7 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev git \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
 	iptables haproxy socat wrk rsync procps linux-image-amd64 initramfs-tools ipmitool e2fsprogs
 
-.PHONY: help deps apt venv collection demo provision destroy lab-shell test lint unit integration sanity clean
+.PHONY: help deps apt venv collection demo provision destroy lab-shell test lint unit integration sanity molecule clean
 
 help:
 	@echo "make demo      - run the main job on the built-in local lab estate (KEEP=1 leaves it up)"
@@ -69,8 +69,8 @@ lab-shell:
 	  echo "inside network namespace $$ns (exit to leave)"; exec nsenter --net=/run/netns/$$ns $${SHELL:-bash}
 
 lint: deps
-	ruff check plugins tests bench tools services
-	ruff format --check plugins tests bench tools services
+	ruff check plugins tests bench tools services molecule
+	ruff format --check plugins tests bench tools services molecule
 	cd $(COLLECTION_LINK) && mypy --explicit-package-bases plugins/module_utils
 	ansible-lint --profile production --offline --nocolor -q
 
@@ -83,9 +83,15 @@ unit: deps
 integration: deps
 	pytest -q tests/integration
 
+# molecule/default: the service_instance role on two local libvirt VMs (TCG), created and destroyed
+# by Berth's own provision/destroy playbooks; converge, idempotence, testinfra verify. About 2 min.
+molecule: deps
+	molecule test
+
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass
 test: deps lint sanity
 	pytest tests
+	$(MAKE) molecule
 
 clean:
 	rm -rf ansible_collections .stamps .pytest_cache .mypy_cache .ruff_cache
