@@ -183,7 +183,11 @@ class LabLibvirtd:
         if any(daemon.name == "libvirtd" for daemon in ours):
             running = self.runner(["virsh", "-c", "qemu:///system", "list", "--name"])
             names = [line for line in running.stdout.splitlines() if line.strip()]
-            if running.rc == 0 and names:
+            if running.rc != 0:
+                raise LabVirtError(
+                    f"cannot list libvirtd's domains ({running.stderr.strip()}); libvirtd was left running"
+                )
+            if names:
                 raise LabVirtError(
                     f"libvirtd still runs domain(s) {', '.join(names)}: destroy them first "
                     "(playbooks/destroy.yml does); libvirtd was left running"

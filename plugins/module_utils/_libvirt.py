@@ -1425,6 +1425,11 @@ class Hypervisor:
 
     def _absent_vm(self, request: VmRequest, domain: Any, changes: _Changes) -> Outcome:
         persistent = None if domain is None else self._domain_xml(domain, inactive=True)
+        if persistent is not None and not is_berth_domain(persistent):
+            raise LibvirtError(
+                f"VM {request.name!r} on {self.uri} was not defined by Berth (no berth metadata); "
+                "refusing to remove it and its disks. Remove it yourself if it really is to go"
+            )
         before = self._vm_summary(domain, persistent)
         volumes = self._vm_volumes(request, persistent)
         if volumes:

@@ -336,6 +336,14 @@ def test_refuses_while_domains_run(host: FakeHost) -> None:
     assert host.record() == record
 
 
+def test_refuses_when_the_domains_cannot_be_listed(host: FakeHost) -> None:
+    lab(host).running(check_mode=False)
+    host.list_rc = 1
+    with pytest.raises(LabVirtError, match=r"cannot list libvirtd's domains .*libvirtd was left running"):
+        lab(host).stopped(check_mode=False)
+    assert host.kills == []
+
+
 def test_stop_in_check_mode(host: FakeHost) -> None:
     lab(host).running(check_mode=False)
     record = host.record()

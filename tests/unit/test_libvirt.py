@@ -784,6 +784,11 @@ def test_growing_the_disk_resizes_the_overlay(lab: Hypervisor) -> None:
 def test_a_domain_berth_did_not_define_is_left_alone(lab: Hypervisor) -> None:
     with pytest.raises(LibvirtError, match=r"^VM 'test' on test://\S+ was not defined by Berth"):
         ensure(lab, name="test")
+    with pytest.raises(
+        LibvirtError, match=r"^VM 'test' on test://\S+ was not defined by Berth.*refusing to remove"
+    ):
+        ensure(lab, name="test", state="absent")
+    assert lab.find_domain("test") is not None
 
 
 def test_absent_removes_the_vm_and_only_its_own_volumes(lab: Hypervisor) -> None:
