@@ -41,6 +41,7 @@ def generate_spec(machines: int, services: int, datacenters: int, instances: int
                 f"hv-{d + 1}-{m + 1}": {
                     "uri": "qemu:///system",
                     "capacity": {"vcpus": 64, "memory_mib": 262144},
+                    "bridge": "br0",
                 }
                 for m in range(per_dc)
             },

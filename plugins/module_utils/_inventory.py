@@ -148,6 +148,14 @@ def _instance_vars(topology: Topology, instance: Instance, machine: Machine) -> 
     }
     if machine.virt is not None:
         host_vars["berth_hypervisor"] = _hypervisor_vars(topology, machine, machine.virt)
+    if machine.kind == "metal":
+        host_vars["berth_metal"] = {
+            "name": machine.name,
+            "hardware": {"vcpus": machine.capacity.vcpus, "memory_mib": machine.capacity.memory_mib},
+        }
+        if topology.lab_namespace:
+            # a lab has no physical machines: a libvirt domain behind an emulated BMC plays each one
+            host_vars["berth_hypervisor"] = _lab_metal_emulation(topology, machine)
     if machine.bmc is not None:
         host_vars["berth_bmc"] = {
             "address": machine.bmc.address,
@@ -170,6 +178,21 @@ def _hypervisor_vars(topology: Topology, machine: Machine, virt: VirtSettings) -
         "bridge": virt.bridge or _lab.bridge_name(machine.dc),
         # one libvirt network per environment and DC on each hypervisor, in bridge mode onto `bridge`
         "network": f"berth-{topology.environment}-{machine.dc}",
+    }
+
+
+def _lab_metal_emulation(topology: Topology, machine: Machine) -> dict[str, Any]:
+    """Where a lab emulates a bare-metal host: a domain on the lab's libvirtd, in the DC's network."""
+    env = topology.environment
+    return {
+        "name": f"lab-{machine.dc}",  # one entry per DC: each DC has its own libvirt network
+        "uri": "qemu:///system",
+        "domain_type": "qemu",
+        "pool": f"berth-{env}",
+        "pool_path": f"/var/lib/berth/pools/{env}",
+        "bridge": _lab.bridge_name(machine.dc),
+        "network": f"berth-{env}-{machine.dc}",
+        "emulates": "metal",
     }
 
 

@@ -45,7 +45,7 @@ MIB = 1024**2
 UPLOAD_CHUNK = 4 * MIB
 BERTH_NS = "https://berth.dev/xmlns/vm/1"
 DOMAIN_TYPES = ("kvm", "qemu")
-VM_STATES = ("running", "stopped", "absent")
+VM_STATES = ("running", "stopped", "present", "absent")
 NETWORK_MODES = ("bridge", "isolated")
 VOLUME_FORMATS = ("raw", "qcow2")
 MIN_MEMORY_MIB = 64
@@ -1364,6 +1364,8 @@ class Hypervisor:
     def _converge_power(self, request: VmRequest, domain: Any, desired: str, changes: _Changes) -> bool:
         """Start, stop or restart; True when the VM runs an older definition that waits for a restart."""
         name = request.name
+        if request.state == "present":
+            return False  # the power state is someone else's (a BMC): never touched
         with translated(f"cannot change the power state of VM {name!r} on {self.uri}"):
             state = _domain_state(domain)
             if request.state == "stopped":

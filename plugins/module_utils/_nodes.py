@@ -31,6 +31,8 @@ def nodes(hostvars: Mapping[str, Mapping[str, Any]], hosts: Sequence[str]) -> li
                 "gateway": datacenter["gateway"],
                 "bridge": host_vars.get("berth_bridge", ""),
                 "hypervisor": host_vars.get("berth_hypervisor"),
+                # never the BMC: its password reference would be resolved wherever a node is shown
+                "metal": host_vars.get("berth_metal"),
                 "vcpus": 0,
                 "memory_mib": 0,
                 "disk_gib": 0,

@@ -43,13 +43,15 @@ options:
       - V(running) defines the VM if needed and starts it (or resumes it when paused).
       - V(stopped) defines the VM if needed and shuts it down gracefully (destroying it after
         O(shutdown_timeout)).
+      - V(present) defines (or redefines) the VM and never changes its power state - for machines
+        whose power belongs to someone else, such as the lab's emulated bare metal behind a BMC.
       - V(absent) destroys and undefines the VM and deletes its own volumes, the overlay
         C(<name>.qcow2) and the seed C(<name>-seed.iso), found through its disks or in O(disk.pool).
         No other volume, and never the base volume, is touched.
       - With V(running) or V(stopped) and none of O(disk), O(vcpus) and O(memory_mib), only the power
         state (and O(autostart), when given) of an existing VM is managed.
     type: str
-    choices: [running, stopped, absent]
+    choices: [running, stopped, present, absent]
     default: running
   domain_type:
     description:
@@ -261,7 +263,7 @@ name:
   returned: always
   type: str
 state:
-  description: State after the run (V(running), V(stopped) or V(absent)).
+  description: The requested state (V(running), V(stopped), V(present) or V(absent)).
   returned: always
   type: str
 macs:

@@ -297,8 +297,8 @@ def test_disk_bytes() -> None:
     rng = random.Random(20240601)
     sizes = sorted(
         {0, 1, 2, unit - 1, unit, unit + 1, 10**9, 5 * 1024**3}
-        | {rng.randrange(0, 1 << 40) for _ in range(300)}
-        | {rng.randrange(0, 4 * unit) for _ in range(300)}
+        | {rng.randrange(0, 1 << 40) for _draw in range(300)}
+        | {rng.randrange(0, 4 * unit) for _draw in range(300)}
     )
     previous = 0
     for size in sizes:

@@ -688,6 +688,20 @@ def test_a_stopped_vm_is_redefined_without_warnings_and_started_later(lab: Hyper
     assert started.actions == ["start VM web-1"] and domain.isActive()
 
 
+def test_present_defines_and_never_touches_the_power_state(lab: Hypervisor) -> None:
+    """The lab's emulated metal: Berth defines the machine, its BMC owns the power button."""
+    created = ensure(lab, state="present", autostart=False)
+    assert created.actions[-1] == "define VM web-1" and not any("start" in a for a in created.actions)
+    domain = lab.find_domain("web-1")
+    assert not domain.isActive()
+    assert ensure(lab, state="present", autostart=False).actions == []
+    domain.create()  # the BMC powers it on
+    changed = ensure(lab, state="present", autostart=False, vcpus=2)
+    assert changed.actions == ["redefine VM web-1 (vcpus)"] and domain.isActive()
+    assert ensure(lab, state="present", autostart=False, vcpus=2).actions == []
+    assert domain.isActive()
+
+
 def test_power_state_alone_for_an_existing_vm(lab: Hypervisor) -> None:
     ensure(lab, autostart=False)
     stop = lab.ensure_vm(VmRequest.from_params({"name": "web-1", "state": "stopped"}), check_mode=False)
