@@ -1266,7 +1266,7 @@ class Hypervisor:
         base = None if base_volume is None else self.volume_info(base_volume)
         overlay_volume = None if pool is None else self.find_volume(pool, spec.overlay_volume)
         overlay = None if overlay_volume is None else self.volume_info(overlay_volume)
-        check_disk(spec, base, overlay)
+        changes.warnings.extend(check_disk(spec, base, overlay))
         for nic in spec.nics:
             if self.find_network(nic.network) is None:
                 changes.missing(f"network {nic.network!r} does not exist on {self.uri}")
@@ -1476,8 +1476,12 @@ class Hypervisor:
         return [found[key] for key in sorted(found)]
 
 
-def check_disk(spec: VmSpec, base: VolumeInfo | None, overlay: VolumeInfo | None) -> None:
-    """The root disk can be built (or kept): a usable base, no shrinking, no change of base."""
+def check_disk(spec: VmSpec, base: VolumeInfo | None, overlay: VolumeInfo | None) -> list[str]:
+    """The root disk can be built (or kept): a usable base, no shrinking; returns warnings.
+
+    An existing disk on another base (the guest image moved on, e.g. a new kernel on the controller)
+    is kept as it is, with a warning: rebasing a disk in place would lose what the VM wrote.
+    """
     disk = spec.disk
     if base is not None and base.format not in VOLUME_FORMATS:
         raise LibvirtError(f"base volume {disk.base_volume!r} is {base.format}, not qcow2 or raw")
@@ -1487,18 +1491,19 @@ def check_disk(spec: VmSpec, base: VolumeInfo | None, overlay: VolumeInfo | None
             f"({base.capacity / GIB:.2f} GiB)"
         )
     if overlay is None:
-        return
+        return []
+    warnings = []
     if base is not None and overlay.backing != base.path:
-        raise LibvirtError(
-            f"the disk of VM {spec.name!r} ({overlay.name}) is backed by {overlay.backing}, not by base "
-            f"volume {disk.base_volume!r} ({base.path}); remove the VM (state=absent) to rebuild it "
-            "on another base"
+        warnings.append(
+            f"the disk of VM {spec.name!r} ({overlay.name}) stays on its base {overlay.backing}; new VMs get "
+            f"base volume {disk.base_volume!r}. Remove the VM (state=absent) and create it again to move it"
         )
     if overlay.capacity > disk.size_gib * GIB:
         raise LibvirtError(
             f"the disk of VM {spec.name!r} is {overlay.capacity / GIB:g} GiB; shrinking it to "
             f"{disk.size_gib} GiB would destroy data, so it is refused"
         )
+    return warnings
 
 
 def _root_disk_summary(spec: VmSpec, capacity: int | None) -> dict[str, Any]:

@@ -103,7 +103,8 @@ options:
         description:
           - Volume the overlay is backed by (qcow2 or raw, detected from the volume), typically uploaded with
             M(berth.fleet.libvirt_volume).
-          - An existing VM cannot move to another base; remove it (O(state=absent)) and create it again.
+          - An existing VM keeps the disk it has when the base changes (a newer guest image), with a
+            warning; to move it, remove it (O(state=absent)) and create it again.
         type: str
       size_gib:
         description:

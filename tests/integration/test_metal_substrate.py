@@ -276,6 +276,9 @@ def test_second_provision_changes_nothing(metal_lab: MetalLab, lab_metrics: Any)
     assert again.returncode == 0, again.output[-4000:]
     assert again.changed == 0, again.recaps
     lab_metrics.add(f"second provision of the metal lab (changed=0): {again.seconds} s")
+    check = metal_lab.provision(metal_lab.spec, "--check", "--diff")
+    assert check.returncode == 0 and check.changed == 0, check.recaps
+    assert_secret_free(metal_lab, metal_lab.password)
 
 
 def test_destroy_powers_the_hosts_off_and_retires_them(metal_lab: MetalLab, lab_playbook: Any) -> None:

@@ -181,6 +181,13 @@ def vm_lab(lab_run_id: str, lab_workdir: Path, lab_metrics: Any) -> Iterator[VmL
     )
     lab.hostvars = inventory_hostvars(lab.spec)
     try:
+        # --check on a lab that does not exist: reports what it would make, makes nothing
+        dry = run_playbook(PROVISION, str(lab.spec), "--check", "--diff")
+        assert dry.returncode == 0, dry.output[-6000:]
+        assert "the lab libvirtd is not running yet" in dry.output
+        assert host_snapshot() == lab.baseline and libvirtd_pids() == daemons
+        assert not lab.pool_path.exists() and not (state_dir / environment / "hostkeys").exists()
+        lab_metrics.add(f"provision --check of the VM lab before it exists (nothing made): {dry.seconds} s")
         up = run_playbook(PROVISION, str(lab.spec))
         assert up.returncode == 0, up.output[-6000:]
         lab_metrics.add(
