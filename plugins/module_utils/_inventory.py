@@ -163,6 +163,7 @@ def _instance_vars(topology: Topology, instance: Instance, machine: Machine) -> 
             "password": machine.bmc.password,  # a vault reference, resolved only where it is used
             "driver": machine.bmc.driver,
             "verify_tls": machine.bmc.verify_tls,
+            "ca_path": machine.bmc.ca_path,
         }
     return host_vars
 

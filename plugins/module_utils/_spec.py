@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,6 +28,7 @@ VAULT_REF_RE = re.compile(r"^\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}$")
 PERCENT_RE = re.compile(r"^(\d{1,3})%$")
 LIBVIRT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ABS_PATH_RE = re.compile(r"^/[^\0]*$")
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9a-fA-F:.]+\]?$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 DEFAULT_DISK_GIB = 4
 DEFAULT_POOL = "berth"
@@ -83,11 +85,12 @@ class AddressPool:
 
 @dataclass(frozen=True)
 class Bmc:
-    address: str
+    address: str  # redfish: an http(s) URL (a bare host means https://host); ipmi: the host
     username: str
     password: str  # a vault reference such as "{{ vault_bmc_password }}", never a literal secret
     driver: str
     verify_tls: bool
+    ca_path: str = ""  # CA bundle to verify the BMC's certificate with; "" = the system's
 
 
 @dataclass(frozen=True)
@@ -357,7 +360,7 @@ class _SpecParser(_Reader):
 
     def bmc(self, raw: Any, key: str) -> Bmc:
         body = self.mapping(raw, key)
-        self.keys(body, key, ("address", "username", "password"), ("driver", "verify_tls"))
+        self.keys(body, key, ("address", "username", "password"), ("driver", "verify_tls", "ca_path"))
         password = body["password"]
         if not isinstance(password, str) or not VAULT_REF_RE.match(password):
             # never echo the value: it may be a real secret typed by mistake
@@ -365,13 +368,46 @@ class _SpecParser(_Reader):
                 _join(key, "password"),
                 "expected a vault reference such as '{{ vault_bmc_password }}', not a literal secret",
             )
+        driver = self.choice(body.get("driver", "redfish"), _join(key, "driver"), ("redfish", "ipmi"))
         return Bmc(
-            address=self.string(body["address"], _join(key, "address")),
+            address=self.bmc_address(body["address"], _join(key, "address"), driver),
             username=self.string(body["username"], _join(key, "username")),
             password=password,
-            driver=self.choice(body.get("driver", "redfish"), _join(key, "driver"), ("redfish", "ipmi")),
+            driver=driver,
             verify_tls=self.boolean(body.get("verify_tls", True), _join(key, "verify_tls")),
+            ca_path=self.string(body["ca_path"], _join(key, "ca_path"), ABS_PATH_RE, "an absolute path")
+            if "ca_path" in body
+            else "",
         )
+
+    def bmc_address(self, raw: Any, key: str, driver: str) -> str:
+        """A BMC's address: a host (name or IP, optional port) or, for Redfish, an http(s) URL."""
+        if not isinstance(raw, str) or not raw.strip():
+            raise self.fail(key, "expected a BMC host name, IP address or http(s):// URL")
+        text = raw.strip()
+        if "@" in text:  # never echo it: it may carry a password
+            raise self.fail(key, "expected no credentials in the address (use username and password)")
+        url = urllib.parse.urlsplit(text if "://" in text else f"https://{text}")
+        try:
+            url.port  # noqa: B018 - raises on a malformed port
+            valid = (
+                url.scheme in ("http", "https")
+                and bool(url.hostname)
+                and HOST_RE.match(url.hostname) is not None
+                and url.path in ("", "/")
+                and not url.query
+                and not url.fragment
+            )
+        except ValueError:
+            valid = False
+        if not valid or (driver == "ipmi" and "://" in text):
+            what = (
+                "a host name or IP address"
+                if driver == "ipmi"
+                else "a host name, IP address or http(s):// URL"
+            )
+            raise self.fail(key, f"expected {what} without a path, got {text!r}")
+        return text if driver == "ipmi" else f"{url.scheme}://{url.netloc}"
 
     def datacenter(self, name: str, body: Mapping[str, Any], key: str) -> Datacenter:
         self.keys(body, key, ("address_pool",), ("hypervisors", "metal", "local", "loadbalancers"))

@@ -171,6 +171,10 @@ def test_metal_hosts_carry_one_instance_and_a_templatable_bmc_reference(tmp_path
     hostvars = (inventory(path))["_meta"]["hostvars"]
     assert {hostvars[h]["berth_node"] for h in ("orders-1", "orders-2")} == {"bm-1", "bm-2"}
     assert hostvars["orders-1"]["ansible_host"] == "10.90.1.10"
+    # a bare BMC host means Redfish over HTTPS; the certificate is verified unless the spec says not
+    bmc = hostvars["orders-1"]["berth_bmc"]
+    assert (bmc["address"], bmc["verify_tls"], bmc["ca_path"]) == ("https://bmc1.invalid", True, "")
+    assert hostvars["orders-1"]["berth_metal"] == {"name": "bm-1", "hardware": {"vcpus": 8, "memory_mib": 8192}}
     # the reference resolves where it is used (in real use, from a vaulted vars file)
     result = subprocess.run(
         [

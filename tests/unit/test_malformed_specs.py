@@ -173,6 +173,41 @@ CORPUS: dict[str, tuple[Any, str]] = {
         "estate.datacenters.dc1.metal.bm-1.bmc.password: expected a vault reference such as "
         "'{{ vault_bmc_password }}', not a literal secret",
     ),
+    "bmc-address-with-credentials": (
+        {
+            "estate.datacenters.dc1.metal": {
+                "bm-1": dict(METAL, bmc=dict(METAL["bmc"], address=f"https://admin:{SECRET}@10.90.1.250"))
+            }
+        },
+        "estate.datacenters.dc1.metal.bm-1.bmc.address: expected no credentials in the address (use username "
+        "and password)",
+    ),
+    "bmc-address-with-path": (
+        {
+            "estate.datacenters.dc1.metal": {
+                "bm-1": dict(METAL, bmc=dict(METAL["bmc"], address="https://bmc/redfish/v1"))
+            }
+        },
+        "estate.datacenters.dc1.metal.bm-1.bmc.address: expected a host name, IP address or http(s):// URL without "
+        "a path, got 'https://bmc/redfish/v1'",
+    ),
+    "bmc-ipmi-url": (
+        {
+            "estate.datacenters.dc1.metal": {
+                "bm-1": dict(METAL, bmc=dict(METAL["bmc"], driver="ipmi", address="http://bmc"))
+            }
+        },
+        "estate.datacenters.dc1.metal.bm-1.bmc.address: expected a host name or IP address without a path, "
+        "got 'http://bmc'",
+    ),
+    "bmc-ca-path-relative": (
+        {
+            "estate.datacenters.dc1.metal": {
+                "bm-1": dict(METAL, bmc=dict(METAL["bmc"], ca_path="certs/ca.pem"))
+            }
+        },
+        "estate.datacenters.dc1.metal.bm-1.bmc.ca_path: expected an absolute path, got 'certs/ca.pem'",
+    ),
     "health-path-relative": (
         {"services.catalog.health.path": "health"},
         "services.catalog.health.path: expected a URL path starting with '/', got 'health'",
