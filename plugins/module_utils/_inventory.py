@@ -102,6 +102,15 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
     if topology.lab_namespace:
         for host_vars in data.hosts.values():
             host_vars.update(_lab_connection(topology, state_dir, host_vars["berth_dc"]))
+    else:
+        # Nodes Berth makes (VMs, bare metal) have host keys Berth generated and recorded in its own
+        # known_hosts: SSH must check against that file, strictly. Other hosts are the user's.
+        for host_vars in data.hosts.values():
+            if host_vars.get("berth_substrate") in ("vm", "metal"):
+                host_vars["ansible_ssh_common_args"] = (
+                    f"-o UserKnownHostsFile={_lab.known_hosts(state_dir, topology.environment)} "
+                    "-o StrictHostKeyChecking=yes"
+                )
     return data
 
 

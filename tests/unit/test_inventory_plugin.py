@@ -79,6 +79,10 @@ def test_host_and_group_variables(envs: dict[str, dict[str, Any]]) -> None:
     assert catalog2["berth_dc"] == "dc2"
     assert catalog2["berth_port"] == 8080
     assert catalog2["berth_node"] == "prod-catalog-2"
+    # outside a lab, SSH to a node Berth made checks the host key Berth recorded, strictly
+    assert catalog2["ansible_ssh_common_args"] == (
+        f"-o UserKnownHostsFile={catalog2['berth_state_dir']}/known_hosts -o StrictHostKeyChecking=yes"
+    )
     hypervisor = catalog2["berth_hypervisor"]
     assert hypervisor["uri"].startswith("qemu+ssh://") and hypervisor["domain_type"] == "kvm"
     assert hypervisor["network"] == f"berth-prod-{catalog2['berth_dc']}"
@@ -100,8 +104,15 @@ def test_lab_nodes_are_reached_through_the_lab_namespace_with_strict_host_keys(
     assert lab["lb-dc2"]["berth_bridge"] == "br-dc2"
     # the same addresses exist in other labs' namespaces: SSH masters are per environment
     assert lab["catalog-1"]["ansible_control_path"] == "%(directory)s/lab-%%C"
-    # real estates are reached directly, with the operator's own SSH setup
-    assert not any("ansible_ssh_common_args" in v for v in envs["prod"]["_meta"]["hostvars"].values())
+    # real estates are reached directly, with the operator's own SSH user and key; only the nodes
+    # Berth makes (VMs, metal) pin SSH to Berth's known_hosts; load balancers are the user's own hosts
+    prod = envs["prod"]["_meta"]["hostvars"]
+    assert all("ansible_ssh_common_args" not in v for v in prod.values() if v["berth_role"] == "lb")
+    assert all(
+        "ProxyCommand" not in v["ansible_ssh_common_args"]
+        for v in prod.values()
+        if v["berth_role"] == "instance"
+    )
 
 
 def test_constructable_keyed_groups_and_compose(tmp_path: Path) -> None:
@@ -174,7 +185,10 @@ def test_metal_hosts_carry_one_instance_and_a_templatable_bmc_reference(tmp_path
     # a bare BMC host means Redfish over HTTPS; the certificate is verified unless the spec says not
     bmc = hostvars["orders-1"]["berth_bmc"]
     assert (bmc["address"], bmc["verify_tls"], bmc["ca_path"]) == ("https://bmc1.invalid", True, "")
-    assert hostvars["orders-1"]["berth_metal"] == {"name": "bm-1", "hardware": {"vcpus": 8, "memory_mib": 8192}}
+    assert hostvars["orders-1"]["berth_metal"] == {
+        "name": "bm-1",
+        "hardware": {"vcpus": 8, "memory_mib": 8192},
+    }
     # the reference resolves where it is used (in real use, from a vaulted vars file)
     result = subprocess.run(
         [
