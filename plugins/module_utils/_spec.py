@@ -392,8 +392,7 @@ class _SpecParser(_Reader):
             url.port  # noqa: B018 - raises on a malformed port
             valid = (
                 url.scheme in ("http", "https")
-                and bool(url.hostname)
-                and HOST_RE.match(url.hostname) is not None
+                and HOST_RE.match(url.hostname or "") is not None
                 and url.path in ("", "/")
                 and not url.query
                 and not url.fragment
