@@ -11,6 +11,11 @@ description:
   - Several inventory hosts can share one node (colocated instances). Returns each node once, with
     its datacenter, machine, substrate, address, prefix, gateway, lab bridge, the hosts it carries,
     and the summed C(vcpus) and C(memory_mib) of the service instances on it (0 for load balancers).
+  - The same file provides C(domain_nodes), used as
+    C(hostvars | berth.fleet.domain_nodes(groups, berth_lab_namespace)), which returns the nodes that
+    are libvirt domains (every VM, and in a lab the domains playing its bare metal), and
+    C(metal_lifecycle), used as C(berth_state_dir | berth.fleet.metal_lifecycle(host)), which returns
+    a bare-metal host's lifecycle state from Berth's record, or C(new).
 options:
   _input:
     description: C(hostvars).
@@ -38,9 +43,21 @@ _value:
   elements: dict
 """
 
-from ansible_collections.berth.fleet.plugins.module_utils._nodes import nodes
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.berth.fleet.plugins.module_utils._metal import MetalError, MetalStore
+from ansible_collections.berth.fleet.plugins.module_utils._nodes import domain_nodes, nodes
+
+
+def metal_lifecycle(state_dir: str, host: str) -> str:
+    """Where a bare-metal host is in its lifecycle, from Berth's record: a state, or "new"."""
+    try:
+        record = MetalStore(state_dir).load(host)
+    except MetalError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+    return "new" if record is None else str(record.state)
 
 
 class FilterModule:
     def filters(self):
-        return {"nodes": nodes}
+        return {"nodes": nodes, "domain_nodes": domain_nodes, "metal_lifecycle": metal_lifecycle}

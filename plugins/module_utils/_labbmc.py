@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils._command import Runner, subprocess_runner
+from ansible_collections.berth.fleet.plugins.module_utils._nspawn import parse_proc_stat
 
 DEFAULT_DIR = Path("/run/berth/bmc")
 
@@ -74,10 +76,10 @@ class BmcSpec:
 def _start_time(pid: int) -> str | None:
     """Start time of a live process (a zombie counts as gone: nobody may reap it here)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stat = parse_proc_stat(Path(f"/proc/{pid}/stat").read_text())
     except (OSError, IndexError):
         return None
-    return None if fields[0] in ("Z", "X") else fields[19]
+    return None if stat.state in ("Z", "X") else str(stat.start_ticks)
 
 
 class LabBmc:
@@ -240,12 +242,7 @@ class LabBmc:
             self.sleep(0.1)
 
     def _remove_files(self) -> None:
-        for path in sorted(self.spec.directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if path.is_dir():
-                path.rmdir()
-            else:
-                path.unlink()
-        self.spec.directory.rmdir()
+        shutil.rmtree(self.spec.directory)
 
 
 def _bcrypt(password: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils._command import Runner, subprocess_runner
 from ansible_collections.berth.fleet.plugins.module_utils._labnet import netns_path
+from ansible_collections.berth.fleet.plugins.module_utils._nspawn import parse_proc_stat
 
 DAEMONS = ("virtlogd", "libvirtd")  # start order; stop in reverse
 RECORD_DIR = Path("/run/berth")
@@ -80,7 +81,7 @@ class LabLibvirtd:
         comm = (_read(self.proc / str(pid) / "comm") or "").strip()
         if stat is None or comm != name:
             return None  # a stale pid file
-        start_time = stat.rsplit(")", 1)[1].split()[19]
+        start_time = str(parse_proc_stat(stat).start_ticks)
         try:
             netns = os.stat(self.proc / str(pid) / "ns/net").st_ino
         except OSError:

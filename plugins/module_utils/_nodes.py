@@ -46,3 +46,13 @@ def nodes(hostvars: Mapping[str, Mapping[str, Any]], hosts: Sequence[str]) -> li
             # colocated instances share one root disk: the largest request sizes it
             node["disk_gib"] = max(node["disk_gib"], resources.get("disk_gib", 0))
     return list(by_name.values())
+
+
+def domain_nodes(
+    hostvars: Mapping[str, Mapping[str, Any]], groups: Mapping[str, Sequence[str]], lab_namespace: str
+) -> list[dict[str, Any]]:
+    """The nodes that are libvirt domains: every VM, and in a lab the domains playing its bare metal."""
+    hosts = list(groups.get("substrate_vm", []))
+    if lab_namespace:
+        hosts += list(groups.get("substrate_metal", []))
+    return nodes(hostvars, hosts)

@@ -106,18 +106,16 @@ diff:
   type: dict
 """
 
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.berth.fleet.plugins.module_utils._libvirt import (
     DEFAULT_URI,
-    LIBVIRT_IMPORT_ERROR,
     NETWORK_MODES,
-    Hypervisor,
     LibvirtError,
     NetworkSpec,
 )
+from ansible_collections.berth.fleet.plugins.module_utils._libvirt_module import run_on_hypervisor
 
 
 def main() -> None:
@@ -133,23 +131,17 @@ def main() -> None:
         required_if=[("state", "present", ["bridge"])],
         supports_check_mode=True,
     )
-    if LIBVIRT_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
     params = module.params
     try:
         spec = NetworkSpec.from_params(params)
-        with Hypervisor(params["uri"]) as hypervisor:
-            outcome = hypervisor.ensure_network(
-                params["name"], spec, module.check_mode, restart_allowed=params["restart_allowed"]
-            )
     except LibvirtError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    for warning in outcome.warnings:
-        module.warn(warning)
-    result = outcome.as_dict()
-    if not module._diff:
-        result.pop("diff")
-    module.exit_json(**result)
+        module.fail_json(msg=str(exc))
+    run_on_hypervisor(
+        module,
+        lambda hypervisor: hypervisor.ensure_network(
+            params["name"], spec, module.check_mode, restart_allowed=params["restart_allowed"]
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -103,17 +103,15 @@ diff:
   type: dict
 """
 
-import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.berth.fleet.plugins.module_utils._libvirt import (
     DEFAULT_URI,
-    LIBVIRT_IMPORT_ERROR,
-    Hypervisor,
     LibvirtError,
     PoolSpec,
 )
+from ansible_collections.berth.fleet.plugins.module_utils._libvirt_module import run_on_hypervisor
 
 
 def main() -> None:
@@ -129,21 +127,17 @@ def main() -> None:
         required_if=[("state", "present", ["path"])],
         supports_check_mode=True,
     )
-    if LIBVIRT_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
     params = module.params
     try:
         spec = PoolSpec.from_params(params)
-        with Hypervisor(params["uri"]) as hypervisor:
-            outcome = hypervisor.ensure_pool(spec, params["state"], module.check_mode, force=params["force"])
     except LibvirtError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    for warning in outcome.warnings:
-        module.warn(warning)
-    result = outcome.as_dict()
-    if not module._diff:
-        result.pop("diff")
-    module.exit_json(**result)
+        module.fail_json(msg=str(exc))
+    run_on_hypervisor(
+        module,
+        lambda hypervisor: hypervisor.ensure_pool(
+            spec, params["state"], module.check_mode, force=params["force"]
+        ),
+    )
 
 
 if __name__ == "__main__":

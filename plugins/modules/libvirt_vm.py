@@ -294,7 +294,6 @@ diff:
   type: dict
 """
 
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -302,12 +301,11 @@ from ansible_collections.berth.fleet.plugins.module_utils._cloudinit import PYCD
 from ansible_collections.berth.fleet.plugins.module_utils._libvirt import (
     DEFAULT_URI,
     DOMAIN_TYPES,
-    LIBVIRT_IMPORT_ERROR,
     VM_STATES,
-    Hypervisor,
     LibvirtError,
     VmRequest,
 )
+from ansible_collections.berth.fleet.plugins.module_utils._libvirt_module import run_on_hypervisor
 
 ARGUMENT_SPEC = {
     "name": {"type": "str", "required": True},
@@ -382,23 +380,14 @@ def unmask_public_seed_values(module: AnsibleModule) -> None:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    if LIBVIRT_IMPORT_ERROR:
-        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
     if module.params["cloud_init"] and PYCDLIB_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("pycdlib"), exception=PYCDLIB_IMPORT_ERROR)
     unmask_public_seed_values(module)
     try:
         request = VmRequest.from_params(module.params)
-        with Hypervisor(module.params["uri"]) as hypervisor:
-            outcome = hypervisor.ensure_vm(request, module.check_mode)
     except LibvirtError as exc:
-        module.fail_json(msg=str(exc), exception=traceback.format_exc())
-    for warning in outcome.warnings:
-        module.warn(warning)
-    result = outcome.as_dict()
-    if not module._diff:
-        result.pop("diff")
-    module.exit_json(**result)
+        module.fail_json(msg=str(exc))
+    run_on_hypervisor(module, lambda hypervisor: hypervisor.ensure_vm(request, module.check_mode))
 
 
 if __name__ == "__main__":

@@ -209,3 +209,21 @@ def test_metal_hosts_carry_one_instance_and_a_templatable_bmc_reference(tmp_path
         check=True,
     )
     assert "from-the-vault" in result.stdout
+
+
+def test_domain_nodes_are_the_vms_and_in_a_lab_the_domains_playing_bare_metal() -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils._nodes import domain_nodes
+
+    def host(node: str, substrate: str) -> dict[str, Any]:
+        return {
+            "berth_node": node,
+            "berth_dc": "dc1",
+            "berth_address": "10.0.0.1",
+            "berth_substrate": substrate,
+            "berth_datacenters": {"dc1": {"prefix": 24, "gateway": "10.0.0.254"}},
+        }
+
+    hostvars = {"vm-1": host("n-vm", "vm"), "bm-1": host("n-bm", "metal"), "ct-1": host("n-ct", "local")}
+    groups = {"substrate_vm": ["vm-1"], "substrate_metal": ["bm-1"], "substrate_local": ["ct-1"]}
+    assert [n["name"] for n in domain_nodes(hostvars, groups, "berth-lab")] == ["n-vm", "n-bm"]
+    assert [n["name"] for n in domain_nodes(hostvars, groups, "")] == ["n-vm"]

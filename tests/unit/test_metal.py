@@ -243,7 +243,7 @@ def test_an_unknown_host_has_no_record_and_bad_names_are_refused(tmp_path: Path)
     ],
 )
 def test_broken_records_are_named(tmp_path: Path, content: str, message: str) -> None:
-    (tmp_path / "metal").mkdir()
+    (tmp_path / "metal").mkdir(exist_ok=True)
     (tmp_path / "metal" / "metal-1.json").write_text(content)
     with pytest.raises(MetalError, match=message):
         MetalStore(tmp_path).load("metal-1")
@@ -311,3 +311,17 @@ def test_lifecycle_parameters() -> None:
         LifecycleRequest.from_params({"lifecycle": "enrolled"})
     with pytest.raises(MetalError, match="cannot name a record"):
         LifecycleRequest.from_params({"lifecycle": "enrolled", "name": "../x", "lifecycle_dir": "/tmp"})
+
+
+def test_the_lifecycle_filter_reads_the_record_or_says_new(tmp_path: Path) -> None:
+    from ansible.errors import AnsibleFilterError
+
+    from ansible_collections.berth.fleet.plugins.filter.nodes import metal_lifecycle
+
+    assert metal_lifecycle(str(tmp_path), "bm-1") == "new"
+    MetalStore(tmp_path).save(record("retired"))
+    assert metal_lifecycle(str(tmp_path), "metal-1") == "retired"
+    (tmp_path / "metal").mkdir(exist_ok=True)
+    (tmp_path / "metal" / "bm-1.json").write_text("not json")
+    with pytest.raises(AnsibleFilterError, match="is not JSON"):
+        metal_lifecycle(str(tmp_path), "bm-1")
