@@ -472,7 +472,8 @@ def test_drain_timeout_fails_naming_the_sessions_left(lb: LoadBalancer) -> None:
     assert f"{BACKEND}/{target} still has 1 session(s)" in results[0]["msg"]
     assert "drain_timeout 0.5 s" in results[0]["msg"]
     assert results[0]["after"]["admin"] == "drain"
-    assert 0.5 <= results[0]["waited"] < 0.5 + POLL  # bounded: gave up at the deadline, not after the request
+    # bounded: gave up at the 0.5 s deadline, long before the 2 s request ended (slack for a busy CI box)
+    assert 0.5 <= results[0]["waited"] < 1.5, results[0]["waited"]
 
 
 # --- ready: a health gate, not a formality ------------------------------------------------------
@@ -491,7 +492,8 @@ def test_ready_from_maint_waits_for_rise_checks(lb: LoadBalancer, lab_metrics: A
     assert back is not None and up is not None
     assert any(seen.admin == "ready" and not seen.up for _at, seen in observer.timeline)
     expected = RISE * INTER
-    assert expected * 0.5 <= result["waited"] <= expected + INTER + POLL + 0.1, result["waited"]
+    # at least the rise checks; at most about one more check and poll (plus slack for a busy CI box)
+    assert expected * 0.5 <= result["waited"] <= expected + INTER + POLL + 0.5, result["waited"]
     lab_metrics.add(
         f"lb_member ready from MAINT: waited {result['waited']:.3f} s for UP; rise x inter = {expected:.3f} s; "
         f"observer saw READY->UP in {up - back:.3f} s"
@@ -575,7 +577,7 @@ def test_every_starting_state_and_target(lb: LoadBalancer, lab_metrics: Any, sta
     assert (seen.admin, shown) == (admin, operational), seen
     assert seen.weight == (50 if target == "weight" else 1)
     if target in ("drain", "maint") and not failure:
-        assert applied["waited"] < 0.1  # no sessions: returns at once, whatever the health
+        assert applied["waited"] < 0.5  # no sessions: returns after one look, whatever the health
     if (start, target) == ("MAINT", "ready"):
         assert applied["waited"] >= RISE * INTER * 0.5  # came back through fresh checks
     lab_metrics.add(
