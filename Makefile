@@ -68,10 +68,14 @@ lab-shell:
 	  | python3 -c 'import json,sys; print(json.load(sys.stdin)["berth_lab_namespace"])'); \
 	  echo "inside network namespace $$ns (exit to leave)"; exec nsenter --net=/run/netns/$$ns $${SHELL:-bash}
 
+# Python that ships without a .py suffix (scripts the roles install on hosts)
+PY_SCRIPTS = roles/loadbalancer/files/berth-haproxy-state
+
 lint: deps
-	ruff check plugins tests bench tools services molecule
-	ruff format --check plugins tests bench tools services molecule
+	ruff check plugins tests bench tools services molecule $(PY_SCRIPTS)
+	ruff format --check plugins tests bench tools services molecule $(PY_SCRIPTS)
 	cd $(COLLECTION_LINK) && mypy --explicit-package-bases plugins/module_utils
+	mypy --strict $(PY_SCRIPTS)
 	ansible-lint --profile production --offline --nocolor -q
 
 sanity: deps

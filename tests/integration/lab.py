@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,6 +69,18 @@ def run_playbook(playbook: Path, inventory: str, *flags: str) -> PlaybookRun:
 
 def local_play(name: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": name, "hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}
+
+
+def haproxy_cli(sock: Path, command: str) -> str:
+    """One command over an HAProxy Runtime API socket: the tests' own reader, not Berth's."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(5)
+        conn.connect(str(sock))
+        conn.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
 
 
 # --- looking at the host ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 from lab import PlaybookRun, local_play, run_playbook
+from lab import haproxy_cli as cli
 
 from tests.lb_member_states import EXPECTED as MATRIX
 
@@ -112,17 +113,6 @@ class Backend:
 
 
 # --- an independent Runtime API reader ----------------------------------------------------------
-
-
-def cli(sock: Path, command: str) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(5)
-        conn.connect(str(sock))
-        conn.sendall(command.encode() + b"\n")
-        chunks = []
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
 
 
 @dataclass(frozen=True)

@@ -328,3 +328,78 @@ def test_max_unavailable_out_of_range_fails_at_the_inventory(rollout_lab: Rollou
         "environment.services.catalog.max_unavailable: expected at most the service's 4 instances, got 5"
         in refused.output
     )
+
+
+LB_STATE_PLAY = """
+- name: An instance drained by hand stays out of rotation through HAProxy reloads and restarts
+  hosts: "{{ lb }}"
+  gather_facts: false
+  tasks:
+    - name: Put it in maintenance
+      berth.fleet.lb_member: {backend: be_catalog, server: "{{ instance }}", state: maint}
+    - name: "{{ action }}"
+      ansible.builtin.include_tasks: "{{ workdir }}/lb-action-{{ action }}.yml"
+    - name: What HAProxy says now
+      berth.fleet.lb_info: {backends: [be_catalog]}
+      register: seen
+    - name: Report to the test
+      ansible.builtin.copy:
+        content: "{{ seen.servers.be_catalog | to_json }}"
+        dest: "{{ workdir }}/lb-state-{{ action }}.json"
+        mode: "0644"
+      delegate_to: localhost
+    - name: Back in rotation
+      berth.fleet.lb_member: {backend: be_catalog, server: "{{ instance }}", state: ready}
+"""
+
+LB_ACTIONS = {
+    "reload": [
+        {"name": "Reload", "ansible.builtin.systemd_service": {"name": "haproxy", "state": "reloaded"}}
+    ],
+    "restart": [
+        {"name": "Restart", "ansible.builtin.systemd_service": {"name": "haproxy", "state": "restarted"}}
+    ],
+    # a configuration change applied by the role: its handler reloads HAProxy
+    "reconfigure": [
+        {
+            "name": "Reconfigure",
+            "ansible.builtin.include_role": {"name": "berth.fleet.loadbalancer"},
+            "vars": {"loadbalancer_check_inter_ms": 300},
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize("action", list(LB_ACTIONS))
+def test_a_drained_instance_stays_out_of_rotation_through_reload_and_restart(
+    rollout_lab: RolloutLab, action: str
+) -> None:
+    import yaml
+
+    lb = rollout_lab.lbs[0]
+    instance = rollout_lab.instances("catalog")[0]
+    play = rollout_lab.workdir / "lb-state.yml"
+    play.write_text(LB_STATE_PLAY)
+    for name, tasks in LB_ACTIONS.items():
+        (rollout_lab.workdir / f"lb-action-{name}.yml").write_text(yaml.safe_dump(tasks))
+    run = rollout_lab.deploy(
+        "-e", f"lb={lb} instance={instance} action={action} workdir={rollout_lab.workdir}", playbook=play
+    )
+    assert run.returncode == 0, run.output[-4000:]
+    if action == "reconfigure":  # the configuration really changed and was reloaded
+        assert run.recaps[lb]["changed"] >= 4, run.output[-4000:]
+    seen = json.loads((rollout_lab.workdir / f"lb-state-{action}.json").read_text())
+    assert seen[instance]["admin"] == "maint" and not seen[instance]["in_rotation"], seen[instance]
+    assert all(state["in_rotation"] for name, state in seen.items() if name != instance), seen
+
+    # the LB as the rollout left it: the role with the lab's settings changes nothing
+    restore = rollout_lab.workdir / "lb-restore.yml"
+    restore.write_text(
+        yaml.safe_dump(
+            [{"name": "LB", "hosts": lb, "gather_facts": False, "roles": ["berth.fleet.loadbalancer"]}]
+        )
+    )
+    again = rollout_lab.deploy(playbook=restore)
+    assert again.returncode == 0, again.output[-3000:]
+    # after the reconfiguration: the configuration back, and the reload
+    assert again.recaps[lb]["changed"] == (2 if action == "reconfigure" else 0), again.output[-3000:]
