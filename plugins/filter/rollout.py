@@ -45,7 +45,11 @@ _value:
   elements: dict
 """
 
+from ansible.errors import AnsibleFilterError
+
 from ansible_collections.berth.fleet.plugins.module_utils._rollout import (
+    RolloutError,
+    desired_version,
     journal_batch_done,
     journal_started,
     members_from_inventory,
@@ -73,10 +77,18 @@ def rollout_batch_done(journal, hosts, seconds, drained, gates, ups):
     )
 
 
+def rollout_desired_version(journal, inventory_version, service):
+    try:
+        return desired_version(journal or {}, str(inventory_version), str(service))
+    except RolloutError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
 class FilterModule:
     def filters(self):
         return {
             "rollout_members": members_from_inventory,
             "rollout_journal_started": journal_started,
             "rollout_journal_batch_done": rollout_batch_done,
+            "rollout_desired_version": rollout_desired_version,
         }

@@ -48,6 +48,7 @@ class Plan:
     batches: list[list[str]] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
     first_deploy: bool = False
+    repair: bool = False  # only instances already out of rotation are touched
 
     @property
     def hosts(self) -> list[str]:
@@ -69,6 +70,7 @@ class Plan:
             "serial": self.serial,
             "up_to_date": self.up_to_date,
             "first_deploy": self.first_deploy,
+            "repair": self.repair,
         }
 
 
@@ -93,6 +95,12 @@ def plan_rollout(service: str, members: list[Member], target: str, max_unavailab
         return plan
     if not any(m.up for m in members):
         plan.first_deploy = True
+        plan.batches = [[m.name for m in sorted(todo, key=_order)]]
+        return plan
+    if not any(m.up for m in todo):
+        # a pure repair (a reconcile, a rerun after instances died): every instance to touch is out
+        # of rotation already, so touching them costs no capacity, whatever the budgets say
+        plan.repair = True
         plan.batches = [[m.name for m in sorted(todo, key=_order)]]
         return plan
     _refuse_unsafe_start(plan, members)
@@ -167,17 +175,26 @@ def journal_started(
     versions_now: Mapping[str, str],
     batches: list[list[str]],
 ) -> dict[str, Any]:
-    """The journal of a rollout that is starting. A rerun of the same unfinished rollout keeps
-    where it started from (`from`), so rollback returns to the right revision."""
-    resumed = previous.get("target") == target and previous.get("status") != "complete" and "from" in previous
-    return {
+    """The journal of a rollout that is starting.
+
+    Where the estate came from (`from`, what rollback returns to) belongs to the rollout that
+    introduced the target: a rerun of the same unfinished rollout keeps it and its finished
+    batches; a run for the target of a *finished* rollout is a repair (an instance replaced or
+    fallen out of rotation) and keeps `from` too, or a repaired estate could no longer roll back.
+    """
+    same_target = previous.get("target") == target and "from" in previous
+    resumed = same_target and previous.get("status") != "complete"
+    journal: dict[str, Any] = {
         "service": service,
         "target": target,
         "status": "running",
-        "from": dict(previous["from"]) if resumed else dict(versions_now),
+        "from": dict(previous["from"]) if same_target else dict(versions_now),
         "plan": batches,
         "batches_done": list(previous.get("batches_done", [])) if resumed else [],
     }
+    if same_target and not resumed:
+        journal["repair"] = True
+    return journal
 
 
 def journal_batch_done(
@@ -197,3 +214,35 @@ def journal_batch_done(
         "ready_wait": round(max(ready_waits, default=0.0), 2),
     }
     return {**journal, "batches_done": [*journal.get("batches_done", []), record]}
+
+
+def desired_version(journal: Mapping[str, Any], inventory_version: str, service: str) -> dict[str, str]:
+    """The version a reconcile converges a service to, and why (from its rollout journal).
+
+    A reconcile repairs; it never starts, finishes or undoes a rollout on its own. So the desired
+    version is what the last rollout left the estate on: its target when it finished, what ran
+    before it when it halted (and was reverted), the inventory's version when none is recorded.
+    An unfinished rollout is the operator's call.
+    """
+    if not journal:
+        return {"version": inventory_version, "why": "no rollout recorded: the inventory's version"}
+    status, target = journal.get("status"), journal.get("target")
+    if status == "complete" and target:
+        return {"version": str(target), "why": "the target of the last finished rollout"}
+    if status == "halted":
+        earlier = sorted({str(version) for version in dict(journal.get("from", {})).values() if version})
+        if len(earlier) == 1:
+            return {
+                "version": earlier[0],
+                "why": f"the rollout to {target} halted and was reverted: the version that ran before it",
+            }
+        raise RolloutError(
+            f"the rollout of {service} to {target} halted, and before it the instances ran "
+            f"{', '.join(earlier) or 'nothing'}: no single version to converge to. Deploy the one you want "
+            f"(playbooks/deploy.yml -e service={service} -e version=...)"
+        )
+    raise RolloutError(
+        f"the rollout of {service} to {target} is unfinished (status {status}): finish it "
+        f"(playbooks/deploy.yml -e service={service} -e version={target}) or return "
+        f"(playbooks/rollback.yml -e service={service}); reconcile does not choose for you"
+    )

@@ -106,6 +106,13 @@ first_deploy:
   description: True when nothing was UP, so everything goes in one batch.
   returned: success
   type: bool
+repair:
+  description:
+    - True when every instance to touch is already out of rotation (a reconcile, or a rerun after
+      instances died). Touching them costs no capacity, so they go in one batch whatever the budgets.
+  returned: success
+  type: bool
+  version_added: 0.2.0
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -35,6 +35,7 @@ from lab import (
     force_cleanup,
     inventory_hostvars,
     lab_spec,
+    local_play,
     run_playbook,
 )
 
@@ -403,3 +404,99 @@ def test_a_drained_instance_stays_out_of_rotation_through_reload_and_restart(
     assert again.returncode == 0, again.output[-3000:]
     # after the reconfiguration: the configuration back, and the reload
     assert again.recaps[lb]["changed"] == (2 if action == "reconfigure" else 0), again.output[-3000:]
+
+
+RECONCILE = ROOT / "playbooks" / "reconcile.yml"
+
+
+def lb_sees(lab: RolloutLab, instance: str) -> set[str]:
+    """The instance's status on every LB, from the stats CSV (UP, DOWN, MAINT, ...)."""
+    seen = set()
+    for lb in lab.lbs:
+        out = subprocess.run(
+            [
+                "nsenter",
+                f"--net=/run/netns/{lab.namespace}",
+                "/usr/bin/python3",
+                "-c",
+                "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("
+                f"'http://{lab.hostvars[lb]['ansible_host']}:8404/stats;csv', timeout=5).read().decode())",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rows = [line.split(",") for line in out.splitlines() if line.startswith(f"be_catalog,{instance},")]
+        header = out.splitlines()[0].lstrip("# ").split(",")
+        seen |= {row[header.index("status")] for row in rows}
+    return seen
+
+
+def test_reconcile_replaces_lost_machines_under_load_and_then_changes_nothing(
+    rollout_lab: RolloutLab, lab_metrics: Any
+) -> None:
+    lab = rollout_lab
+    journal_before = lab.journal("catalog")
+    target = journal_before["target"]  # v2 after the tests above
+    assert journal_before["status"] == "complete" and set(lab.versions("catalog").values()) == {target}
+    # both catalog instances of dc1 lose their machines, disks included (what dead hosts or
+    # deleted VMs look like): more than max_unavailable 1 and the whole of dc1's budget
+    lost = [name for name in lab.instances("catalog") if lab.hostvars[name]["berth_dc"] == "dc1"]
+    assert len(lost) == 2
+    play = lab.workdir / "lose.yml"
+    tasks = [
+        {"berth.fleet.nspawn_host": {"name": lab.hostvars[name]["berth_node"], "state": "absent"}}
+        for name in lost
+    ]
+    play.write_text(json.dumps([local_play("Lose machines", tasks)]))
+    gone = run_playbook(play, "localhost,")
+    assert gone.returncode == 0 and gone.changed == 2, gone.output[-3000:]
+    deadline = time.monotonic() + 30
+    while any(lb_sees(lab, name) != {"DOWN"} for name in lost):
+        assert time.monotonic() < deadline, f"the LBs never saw {lost} DOWN"
+        time.sleep(0.5)
+
+    load = Load(lab, "catalog", "reconcile")
+    try:
+        time.sleep(2)
+        fixed = lab.deploy("-e", "service=catalog", playbook=RECONCILE)
+        time.sleep(1)
+    finally:
+        report = load.stop()
+    assert fixed.returncode == 0, fixed.output[-6000:]
+    assert f"catalog converges to {target} (the target of the last finished rollout)" in fixed.output
+    assert f"catalog -> {target}: 1 batch(es) {json.dumps([lost])} (repair:" in fixed.output, fixed.output[
+        -4000:
+    ]
+    assert_no_request_lost(report)
+    assert set(lab.versions("catalog").values()) == {target}
+    assert all(lb_sees(lab, name) == {"UP"} for name in lost)
+    journal = lab.journal("catalog")
+    # a repair, not a new rollout: rollback still returns to where the last rollout started
+    assert journal["status"] == "complete" and journal["repair"] is True
+    assert journal["from"] == journal_before["from"]
+    lab_metrics.add(
+        f"reconcile after losing dc1's 2 catalog machines: recreated, {target} installed, back in rotation in {fixed.seconds} s; "
+        f"{report['short']['sent']} requests, 0 failed"
+    )
+
+    again = lab.deploy("-e", "service=catalog", playbook=RECONCILE)
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.changed == 0, again.output[-4000:]
+    lab_metrics.add(f"second reconcile (changed=0): {again.seconds} s")
+
+
+def test_reconcile_refuses_an_unfinished_rollout(rollout_lab: RolloutLab) -> None:
+    lab = rollout_lab
+    path = lab.workdir / "state" / lab.environment / "rollouts" / "catalog.json"
+    saved = path.read_text()
+    try:
+        path.write_text(json.dumps({**json.loads(saved), "status": "running", "target": "v1"}))
+        refused = lab.deploy("-e", "service=catalog", playbook=RECONCILE)
+    finally:
+        path.write_text(saved)
+    assert refused.returncode != 0
+    assert "the rollout of catalog to v1 is unfinished (status running)" in refused.output, refused.output[
+        -3000:
+    ]
+    assert "PLAY [Provision" not in refused.output  # nothing touched
