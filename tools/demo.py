@@ -6,7 +6,9 @@
 4. deploy catalog and orders v1 behind the load balancers (a first deploy);
 5. start an independent load generator (short requests + 5 s requests through both LBs), roll
    catalog v1 -> v2, stop the load and print what it saw and where the rollout's time went;
-6. destroy the lab, unless --keep.
+6. lose a catalog machine (removed with its disk) and reconcile under the same load: the machine
+   is recreated, gets v2 and goes back into rotation;
+7. destroy the lab, unless --keep.
 
     .venv/bin/python tools/demo.py [--env lab] [--keep]
 """
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
@@ -44,6 +47,19 @@ def playbook(*args: str, quiet: bool = True) -> float:
     return seconds
 
 
+def under_load(argv: list[str], report: Path, *args: str) -> tuple[float, dict[str, dict[str, int]]]:
+    """Run a playbook while the load generator runs; its seconds and what the load saw."""
+    load = subprocess.Popen([*argv, "--out", str(report)])
+    try:
+        time.sleep(3)
+        seconds = playbook(*args)
+        time.sleep(1)
+    finally:
+        load.send_signal(signal.SIGTERM)
+        load.wait(timeout=60)
+    return seconds, json.loads(report.read_text())
+
+
 def placement_tables() -> None:
     for env in ("dev", "ci", "prod", "lab"):
         out = subprocess.run(
@@ -70,7 +86,6 @@ def main() -> None:
     placement_tables()
     step("artifacts: built once per version (catalog and orders, v1 v2 v3)")
     print(f"done in {playbook('playbooks/build_artifacts.yml'):.1f} s")
-    load = None
     try:
         step(f"provision the {args.env} estate on this machine")
         print(f"provisioned in {playbook(*env, 'playbooks/provision.yml'):.1f} s")
@@ -90,13 +105,9 @@ def main() -> None:
             argv += ["--target", f"http://{address}:{port}", "--stats", f"http://{address}:8404/stats"]
         argv += ["--backend", "be_catalog", "--rate", "200", "--slow-rate", "4", "--slow-seconds", "5"]
         step("roll catalog v1 -> v2 while a load generator sends 200 req/s + 4 req/s of 5 s requests")
-        load = subprocess.Popen([*argv, "--out", str(report)])
-        time.sleep(3)
-        seconds = playbook(*env, "playbooks/deploy.yml", "-e", "service=catalog", "-e", "version=v2")
-        time.sleep(1)
-        load.send_signal(signal.SIGTERM)
-        load.wait(timeout=60)
-        load = None
+        seconds, _ = under_load(
+            argv, report, *env, "playbooks/deploy.yml", "-e", "service=catalog", "-e", "version=v2"
+        )
         journal = next(Path(str(hostvars[lbs[0]]["berth_state_dir"])).glob("rollouts/catalog.json"))
         step("summary")
         subprocess.run(
@@ -109,10 +120,22 @@ def main() -> None:
             ],
             check=True,
         )
+
+        lost = min(h for h, v in hostvars.items() if v.get("berth_service") == "catalog")
+        node = str(hostvars[lost]["berth_node"])
+        step(f"lose {lost}'s machine ({node}, removed with its disk), then reconcile under the same load")
+        playbook(
+            "-i", "localhost,", "-c", "local", str(ROOT / "tools" / "lose_machine.yml"), "-e", f"node={node}"
+        )
+        time.sleep(2)  # both load balancers mark it DOWN (fall 2 x inter 250 ms)
+        seconds, seen = under_load(
+            argv, workdir / "load-reconcile.json", *env, "playbooks/reconcile.yml", "-e", "service=catalog"
+        )
+        failed = sum(seen[kind]["non_2xx"] + seen[kind]["errors"] for kind in ("short", "long"))
+        sent = sum(seen[kind]["sent"] for kind in ("short", "long"))
+        print(f"{lost} recreated, on v2 and back in rotation in {seconds:.1f} s;", end=" ")
+        print(f"{sent} requests meanwhile, {failed} failed")
     finally:
-        if load is not None and load.poll() is None:
-            load.kill()
-            load.wait()
         if args.keep:
             step(f"left running: make lab-shell ENV={args.env}; make destroy ENV={args.env} removes it")
         else:
