@@ -14,7 +14,7 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev git \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
 	iptables haproxy socat wrk rsync procps linux-image-amd64 initramfs-tools ipmitool e2fsprogs
 
-.PHONY: help deps apt venv collection demo provision destroy lab-shell test lint unit integration sanity molecule clean
+.PHONY: help deps apt venv collection demo provision reconcile destroy lab-shell test lint unit integration sanity molecule clean
 
 help:
 	@echo "make demo      - run the main job on the built-in local lab estate (KEEP=1 leaves it up)"
@@ -57,6 +57,14 @@ demo: deps
 
 provision: deps
 	ansible-playbook -i inventories/$(ENV) playbooks/provision.yml
+
+# every service of the environment back to its desired state (machines, version, rotation)
+reconcile: deps
+	@for service in $$(ansible-inventory -i inventories/$(ENV) --graph | grep -oE '@svc_[A-Za-z0-9_-]+' | sed 's/^@svc_//' | sort -u); do \
+	  echo "== reconcile $$service"; start=$$(date +%s); \
+	  ansible-playbook -i inventories/$(ENV) playbooks/reconcile.yml -e service=$$service | grep -E 'msg:.*converges|batch\(es\)|nothing to do|failed=[1-9]|ERROR|fatal' ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; echo "   done in $$(( $$(date +%s) - start )) s"; \
+	done
 
 destroy: deps
 	@start=$$(date +%s); ansible-playbook -i inventories/$(ENV) playbooks/destroy.yml | tail -3; \
