@@ -105,7 +105,7 @@ def main() -> None:
             argv += ["--target", f"http://{address}:{port}", "--stats", f"http://{address}:8404/stats"]
         argv += ["--backend", "be_catalog", "--rate", "200", "--slow-rate", "4", "--slow-seconds", "5"]
         step("roll catalog v1 -> v2 while a load generator sends 200 req/s + 4 req/s of 5 s requests")
-        seconds, _ = under_load(
+        seconds, _seen = under_load(
             argv, report, *env, "playbooks/deploy.yml", "-e", "service=catalog", "-e", "version=v2"
         )
         journal = next(Path(str(hostvars[lbs[0]]["berth_state_dir"])).glob("rollouts/catalog.json"))

@@ -28,6 +28,7 @@ from lab import (
     BIN,
     DEPLOY,
     DESTROY,
+    MACHINES_DIR,
     PROVISION,
     ROLLBACK,
     ROOT,
@@ -455,6 +456,19 @@ def test_reconcile_replaces_lost_machines_under_load_and_then_changes_nothing(
     while any(lb_sees(lab, name) != {"DOWN"} for name in lost):
         assert time.monotonic() < deadline, f"the LBs never saw {lost} DOWN"
         time.sleep(0.5)
+
+    # a deploy does not roll onto machines that are gone: it says so before touching an instance
+    refused = lab.deploy("-e", "service=catalog")
+    assert refused.returncode != 0
+    assert f"{', '.join(lost)} of catalog did not answer SSH" in refused.output, refused.output[-3000:]
+    assert "PLAY [Deploy | rolling batches]" not in refused.output.split("did not answer SSH")[1]
+    # what a reconcile would do, without doing it
+    dry = lab.deploy("-e", "service=catalog", "--check", "--diff", playbook=RECONCILE)
+    assert dry.returncode == 0, dry.output[-4000:]
+    assert f"catalog -> {target}: 1 batch(es) {json.dumps([lost])} (repair:" in dry.output, dry.output[-4000:]
+    assert f"not reachable now: {', '.join(lost)}" in dry.output
+    assert not any((MACHINES_DIR / lab.hostvars[name]["berth_node"]).exists() for name in lost)
+    assert journal_before == lab.journal("catalog")
 
     load = Load(lab, "catalog", "reconcile")
     try:
