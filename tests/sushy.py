@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,14 +27,10 @@ from typing import Any
 
 import bcrypt
 
+from tests.ports import free_port
+
 EMULATOR = Path(sys.executable).parent / "sushy-emulator"
 LIBVIRT_SYSTEM = "6695eb01-f6a4-8304-79aa-97f2502e193f"  # the uuid of test:///default's domain
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -162,6 +162,8 @@ class LabSsh:
 # --- last-resort cleanup ------------------------------------------------------------------------
 
 MACHINES_DIR = Path("/var/lib/berth/machines")
+# the system libvirtd the VM and metal labs run (Berth starts it inside the lab namespace)
+VIRSH = ["virsh", "-c", "qemu:///system"]
 
 
 def _is_our_nspawn(pid: int, machine: str) -> bool:

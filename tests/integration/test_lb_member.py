@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -35,6 +34,7 @@ from lab import PlaybookRun, local_play, run_playbook
 from lab import haproxy_cli as cli
 
 from tests.lb_member_states import EXPECTED as MATRIX
+from tests.ports import free_port
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 BACKEND = "app"
@@ -203,12 +203,6 @@ class Observer:
 
 
 # --- the load balancer --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

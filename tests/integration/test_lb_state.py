@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import pytest
 from lab import ROOT
 from lab import haproxy_cli as cli
 
+from tests.ports import free_port
+
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 HELPER = ROOT / "roles" / "loadbalancer" / "files" / "berth-haproxy-state"
 MAINT = 0x01  # SRV_ADMF_FMAINT in srv_admin_state
@@ -31,12 +32,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not os.access(HAPROXY, os.X_OK), reason="needs HAProxy (Debian package haproxy)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Haproxy:

@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from lab import (
     DESTROY,
     PROVISION,
     ROOT,
+    VIRSH,
     LabSsh,
     force_cleanup,
     force_vm_cleanup,
@@ -37,20 +37,15 @@ from lab import (
     run_playbook,
 )
 
+from tests.ports import free_port
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="the metal lab needs root (libvirtd, namespaces)"),
     pytest.mark.skipif(shutil.which("libvirtd") is None, reason="libvirt-daemon-system is not installed"),
 ]
 
-VIRSH = ["virsh", "-c", "qemu:///system"]
 BMC_DIR = Path("/run/berth/bmc")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metal_spec(path: Path, environment: str, state_dir: Path, lab: bool = True) -> dict[str, Any]:

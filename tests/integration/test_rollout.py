@@ -77,8 +77,8 @@ class RolloutLab:
         variables.write_text(json.dumps({**LB_UNDER_TEST, **extra}))
         return run_playbook(playbook, str(self.spec), "-e", f"@{variables}", *args)
 
-    def get(self, url: str) -> dict[str, Any]:
-        """GET from inside the lab namespace; {} when nothing answers (an instance being restarted)."""
+    def fetch(self, url: str) -> str | None:
+        """GET from inside the lab namespace: the body, or None when nothing answers."""
         out = subprocess.run(
             [
                 "nsenter",
@@ -91,7 +91,12 @@ class RolloutLab:
             text=True,
             check=False,
         )
-        return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
+        return out.stdout if out.returncode == 0 else None
+
+    def get(self, url: str) -> dict[str, Any]:
+        """A JSON GET from inside the lab namespace; {} when nothing answers (an instance being restarted)."""
+        body = self.fetch(url)
+        return dict(json.loads(body)) if body is not None else {}
 
     def versions(self, service: str) -> dict[str, str]:
         return {
@@ -414,19 +419,8 @@ def lb_sees(lab: RolloutLab, instance: str) -> set[str]:
     """The instance's status on every LB, from the stats CSV (UP, DOWN, MAINT, ...)."""
     seen = set()
     for lb in lab.lbs:
-        out = subprocess.run(
-            [
-                "nsenter",
-                f"--net=/run/netns/{lab.namespace}",
-                "/usr/bin/python3",
-                "-c",
-                "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("
-                f"'http://{lab.hostvars[lb]['ansible_host']}:8404/stats;csv', timeout=5).read().decode())",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        out = lab.fetch(f"http://{lab.hostvars[lb]['ansible_host']}:8404/stats;csv")
+        assert out is not None, f"{lb}'s stats page did not answer"
         rows = [line.split(",") for line in out.splitlines() if line.startswith(f"be_catalog,{instance},")]
         header = out.splitlines()[0].lstrip("# ").split(",")
         seen |= {row[header.index("status")] for row in rows}

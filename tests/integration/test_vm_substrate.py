@@ -27,6 +27,7 @@ from lab import (
     DESTROY,
     PROVISION,
     ROOT,
+    VIRSH,
     LabSsh,
     force_cleanup,
     force_vm_cleanup,
@@ -43,8 +44,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the VM substrate needs root (libvirtd, namespaces)"),
     pytest.mark.skipif(shutil.which("libvirtd") is None, reason="libvirt-daemon-system is not installed"),
 ]
-
-VIRSH = ["virsh", "-c", "qemu:///system"]
 
 
 def virsh(*args: str) -> subprocess.CompletedProcess[str]:

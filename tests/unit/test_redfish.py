@@ -47,6 +47,7 @@ from ansible_collections.berth.fleet.plugins.module_utils._redfish import (
     redfish_message,
 )
 from tests import sushy
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "Pw-berth-7f3c9!"
@@ -647,7 +648,7 @@ def test_real_wrong_password_is_a_clear_error_without_the_password(libvirt_bmc: 
 def test_real_unreachable_bmc_fails_after_bounded_retries() -> None:
     request = BmcRequest.from_params(
         {
-            "bmc": f"http://127.0.0.1:{sushy.free_port()}",
+            "bmc": f"http://127.0.0.1:{free_port()}",
             "username": "admin",
             "password": PASSWORD,
             "retries": 2,

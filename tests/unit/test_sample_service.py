@@ -24,6 +24,7 @@ from ansible_collections.berth.fleet.plugins.module_utils._artifact import (
     ArtifactSpec,
     verify_artifact,
 )
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "services" / "sample"
@@ -49,12 +50,6 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             tar.extractall(extracted)
         apps[version] = extracted / spec.stem / "app.py"
     return apps
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
