@@ -83,6 +83,8 @@ lint: deps
 	ruff check plugins tests bench tools services molecule $(PY_SCRIPTS)
 	ruff format --check plugins tests bench tools services molecule $(PY_SCRIPTS)
 	cd $(COLLECTION_LINK) && mypy --explicit-package-bases plugins/module_utils
+	# the floors of module_utils: imports only point down (contracts in pyproject.toml)
+	PYTHONPATH=. lint-imports --no-cache
 	mypy --strict $(PY_SCRIPTS)
 	ansible-lint --profile production --offline --nocolor -q
 

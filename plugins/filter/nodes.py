@@ -45,8 +45,11 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.berth.fleet.plugins.module_utils._metal import MetalError, MetalStore
-from ansible_collections.berth.fleet.plugins.module_utils._nodes import domain_nodes, nodes
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.metal.lifecycle import (
+    MetalError,
+    MetalStore,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import domain_nodes, nodes
 
 
 def metal_lifecycle(state_dir: str, host: str) -> str:

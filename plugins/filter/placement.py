@@ -38,7 +38,7 @@ _value:
   type: str
 """
 
-from ansible_collections.berth.fleet.plugins.module_utils._report import placement_rows, render_table
+from ansible_collections.berth.fleet.plugins.module_utils.model.report import placement_rows, render_table
 
 
 def placement_table(hostvars, hosts, title="placement"):

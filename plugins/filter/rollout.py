@@ -47,7 +47,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.berth.fleet.plugins.module_utils._rollout import (
+from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import (
     RolloutError,
     desired_version,
     journal_batch_done,

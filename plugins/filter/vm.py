@@ -48,9 +48,9 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.berth.fleet.plugins.module_utils._guestimage import guest_seed
-from ansible_collections.berth.fleet.plugins.module_utils._image import ImageError
-from ansible_collections.berth.fleet.plugins.module_utils._libvirt import stable_mac
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import stable_mac
+from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import guest_seed
+from ansible_collections.berth.fleet.plugins.module_utils.local.image import ImageError
 
 
 def vm_seed(

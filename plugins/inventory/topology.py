@@ -97,12 +97,12 @@ import inspect
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
-from ansible_collections.berth.fleet.plugins.module_utils._inventory import (
+from ansible_collections.berth.fleet.plugins.module_utils.model.inventory import (
     InventoryData,
     build_inventory,
     load_placement,
 )
-from ansible_collections.berth.fleet.plugins.module_utils._spec import SpecError
+from ansible_collections.berth.fleet.plugins.module_utils.model.spec import SpecError
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):

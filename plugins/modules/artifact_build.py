@@ -138,7 +138,7 @@ from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._artifact import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.store import (
     ArtifactBuilder,
     ArtifactError,
     ArtifactSpec,

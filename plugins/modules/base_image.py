@@ -132,7 +132,7 @@ from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._image import (
+from ansible_collections.berth.fleet.plugins.module_utils.local.image import (
     DEFAULT_MIRROR,
     ImageBuilder,
     ImageError,

@@ -113,12 +113,12 @@ from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._guestimage import (
+from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import (
     GuestImageBuilder,
     GuestSpec,
     volume_names,
 )
-from ansible_collections.berth.fleet.plugins.module_utils._image import ImageError
+from ansible_collections.berth.fleet.plugins.module_utils.local.image import ImageError
 
 
 def main() -> None:

@@ -81,7 +81,7 @@ failures:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._health import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.health import (
     GatePolicy,
     HealthGateError,
     wait_healthy,

@@ -89,7 +89,7 @@ from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._labbmc import BmcSpec, LabBmc, LabBmcError
+from ansible_collections.berth.fleet.plugins.module_utils.local.labbmc import BmcSpec, LabBmc, LabBmcError
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ daemons:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._labvirt import LabLibvirtd, LabVirtError
+from ansible_collections.berth.fleet.plugins.module_utils.local.labvirt import LabLibvirtd, LabVirtError
 
 
 def main() -> None:

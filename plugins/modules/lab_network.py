@@ -107,7 +107,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._labnet import (
+from ansible_collections.berth.fleet.plugins.module_utils.local.labnet import (
     LabNetError,
     LabNetwork,
     LabNetworkSpec,

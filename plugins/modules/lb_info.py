@@ -54,7 +54,7 @@ servers:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._haproxy import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.member import (
     HaproxyError,
     HaproxyServer,
     UnixSocketTransport,

@@ -212,7 +212,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._haproxy import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.member import (
     HaproxyError,
     MemberRequest,
     apply_request,

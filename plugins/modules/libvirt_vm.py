@@ -297,15 +297,15 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.berth.fleet.plugins.module_utils._cloudinit import PYCDLIB_IMPORT_ERROR
-from ansible_collections.berth.fleet.plugins.module_utils._libvirt import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import (
     DEFAULT_URI,
     DOMAIN_TYPES,
     VM_STATES,
     LibvirtError,
     VmRequest,
 )
-from ansible_collections.berth.fleet.plugins.module_utils._libvirt_module import run_on_hypervisor
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.module import run_on_hypervisor
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.seed import PYCDLIB_IMPORT_ERROR
 
 ARGUMENT_SPEC = {
     "name": {"type": "str", "required": True},

@@ -201,7 +201,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._nspawn import (
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.machine import (
     STATES,
     MachineRequest,
     NspawnError,

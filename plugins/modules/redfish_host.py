@@ -337,12 +337,16 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._metal import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.metal.lifecycle import (
     Lifecycle,
     LifecycleRequest,
     MetalError,
 )
-from ansible_collections.berth.fleet.plugins.module_utils._redfish import BmcRequest, RedfishError, connect
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.client import (
+    BmcRequest,
+    RedfishError,
+    connect,
+)
 
 ARGUMENT_SPEC = {
     "bmc": {"type": "str", "required": True},

@@ -100,7 +100,7 @@ from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._release import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.release import (
     ReleaseError,
     ReleaseManager,
     ReleaseRequest,

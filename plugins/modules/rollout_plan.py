@@ -117,7 +117,11 @@ repair:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils._rollout import Member, RolloutError, plan_rollout
+from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import (
+    Member,
+    RolloutError,
+    plan_rollout,
+)
 
 
 def main():

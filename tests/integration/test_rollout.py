@@ -40,7 +40,7 @@ from lab import (
     run_playbook,
 )
 
-from ansible_collections.berth.fleet.plugins.module_utils._nodes import nodes
+from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
 
 pytestmark = [
     pytest.mark.integration,

@@ -36,8 +36,8 @@ from lab import (
     run_playbook,
 )
 
-from ansible_collections.berth.fleet.plugins.module_utils._libvirt import stable_mac
-from ansible_collections.berth.fleet.plugins.module_utils._nodes import nodes
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import stable_mac
+from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
 
 pytestmark = [
     pytest.mark.integration,

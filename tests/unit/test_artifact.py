@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils._artifact import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.store import (
     ArtifactBuilder,
     ArtifactError,
     ArtifactSpec,
@@ -305,9 +305,9 @@ def test_parse_checksum_line_refuses(text: str, message: str) -> None:
         ({"name": "../etc"}, "name: '../etc' is not an artifact name"),
         ({"name": "catalog-"}, "name: 'catalog-' is not an artifact name"),
         ({"name": "a" * 33}, "is not an artifact name"),
-        ({"version": "latest"}, "version: 'latest' is not a version: use v<N> (v1, v2) or a dotted number"),
+        ({"version": "latest"}, "version: 'latest' is not a version such as v2, 1.4.0 or 2.0.0-rc1"),
         ({"version": "v1/../../x"}, "version: 'v1/../../x' is not a version"),
-        ({"version": "1.2.3.4"}, "is not a version"),
+        ({"version": "1.2 3"}, "is not a version"),
         ({"version": ""}, "is not a version"),
         ({"dest": Path("relative/dir")}, "dest: must be an absolute path, got 'relative/dir'"),
         ({"source": None}, "source: required to build an artifact"),

@@ -11,7 +11,7 @@ import pycdlib
 import pytest
 import yaml
 
-from ansible_collections.berth.fleet.plugins.module_utils._cloudinit import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.seed import (
     SeedError,
     build_iso,
     build_seed_iso,

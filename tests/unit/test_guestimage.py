@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from ansible_collections.berth.fleet.plugins.module_utils import _guestimage
-from ansible_collections.berth.fleet.plugins.module_utils._command import CommandResult
-from ansible_collections.berth.fleet.plugins.module_utils._guestimage import (
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import CommandResult
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import sha256_file
+from ansible_collections.berth.fleet.plugins.module_utils.local import guestimage as _guestimage
+from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import (
     CLOUD_CFG,
     FSTAB,
     INITRAMFS_MODULES,
@@ -28,15 +29,14 @@ from ansible_collections.berth.fleet.plugins.module_utils._guestimage import (
     NO_RA_DROP_IN,
     ROOT_LABEL,
     GuestImageBuilder,
+    GuestImageError,
     GuestSpec,
     customise_guest,
     disk_bytes,
-    file_sha256,
     guest_seed,
     initramfs_conf,
     volume_names,
 )
-from ansible_collections.berth.fleet.plugins.module_utils._image import ImageError
 
 MIB = 1 << 20
 KERNEL = "6.1.0-18-amd64"
@@ -177,7 +177,7 @@ def test_explicit_kernel_version(tmp_path: Path) -> None:
 
 def test_missing_explicit_kernel_is_named(tmp_path: Path) -> None:
     make_kernel(tmp_path, KERNEL)
-    with pytest.raises(ImageError, match=r"kernel_version '6\.1\.0-99-amd64'.*vmlinuz-6\.1\.0-99-amd64"):
+    with pytest.raises(GuestImageError, match=r"kernel_version '6\.1\.0-99-amd64'.*vmlinuz-6\.1\.0-99-amd64"):
         guest_spec(tmp_path, kernel_version="6.1.0-99-amd64").kernel()
 
 
@@ -187,7 +187,7 @@ def test_no_usable_kernel(tmp_path: Path, setup: str) -> None:
         (tmp_path / "boot").mkdir()
     elif setup == "kernel without modules":
         make_kernel(tmp_path, KERNEL, modules=False)
-    with pytest.raises(ImageError, match=r"no Debian kernel on the controller .*boot/vmlinuz-\*"):
+    with pytest.raises(GuestImageError, match=r"no Debian kernel on the controller .*boot/vmlinuz-\*"):
         guest_spec(tmp_path).kernel()
 
 
@@ -236,11 +236,13 @@ def test_guest_id_follows_every_input(
 def test_base_manifest_errors(tmp_path: Path) -> None:
     make_kernel(tmp_path, KERNEL)
     spec = guest_spec(tmp_path)
-    with pytest.raises(ImageError, match=r"has no manifest\.json: build it with berth\.fleet\.base_image"):
+    with pytest.raises(
+        GuestImageError, match=r"has no manifest\.json: build it with berth\.fleet\.base_image"
+    ):
         spec.inputs()
     spec.base_image_dir.mkdir(parents=True)
     (spec.base_image_dir / "manifest.json").write_text("{not json")
-    with pytest.raises(ImageError, match="unreadable base image manifest"):
+    with pytest.raises(GuestImageError, match="unreadable base image manifest"):
         spec.inputs()
 
 
@@ -272,7 +274,7 @@ def test_customise_guest(tmp_path: Path) -> None:
 
 def test_customise_guest_fails_when_systemctl_does(tmp_path: Path) -> None:
     rootfs = make_base(tmp_path) / "rootfs"
-    with pytest.raises(ImageError, match=r"command failed \(rc=1\): systemctl"):
+    with pytest.raises(GuestImageError, match=r"command failed \(rc=1\): systemctl"):
         customise_guest(rootfs, FakeTools(fail="systemctl"))
 
 
@@ -365,7 +367,7 @@ def test_build_then_reuse(controller: GuestSpec, no_root_needed: None) -> None:
     assert manifest["cmdline"] == KERNEL_CMDLINE
     assert set(manifest["files"]) == {"disk.qcow2", "vmlinuz", "initrd.img"}
     for name, entry in manifest["files"].items():
-        assert entry["sha256"] == file_sha256(guest_dir / name)
+        assert entry["sha256"] == sha256_file(guest_dir / name)
         assert entry["bytes"] == (guest_dir / name).stat().st_size
 
     again = FakeTools()
@@ -385,10 +387,12 @@ def test_verify_detects_a_tampered_file(controller: GuestSpec, no_root_needed: N
     assert not builder.ensure("present", check_mode=False, verify=True).changed  # intact
     (builder.guest_dir / "initrd.img").write_bytes(b"someone else's initrd")
     assert not builder.ensure("present", check_mode=False).changed  # not looked at without verify
-    with pytest.raises(ImageError, match=r"initrd.img does not match its manifest"):
+    with pytest.raises(GuestImageError, match=r"initrd.img does not match its manifest"):
         builder.ensure("present", check_mode=False, verify=True)
     (builder.guest_dir / "initrd.img").unlink()
-    with pytest.raises(ImageError, match=r"guest image .*initrd.img"):  # OSError reported as ImageError
+    with pytest.raises(
+        GuestImageError, match=r"guest image .*initrd.img"
+    ):  # OSError reported as GuestImageError
         builder.ensure("present", check_mode=False, verify=True)
 
 
@@ -396,7 +400,7 @@ def test_unreadable_guest_manifest(controller: GuestSpec, no_root_needed: None) 
     builder = GuestImageBuilder(controller, FakeTools())
     builder.ensure("present", check_mode=False)
     (builder.guest_dir / "manifest.json").write_text("{truncated")
-    with pytest.raises(ImageError, match="unreadable guest manifest"):
+    with pytest.raises(GuestImageError, match="unreadable guest manifest"):
         builder.ensure("present", check_mode=False)
 
 
@@ -420,7 +424,7 @@ def test_check_mode_before_the_base_image_exists(tmp_path: Path, no_root_needed:
     assert result.inputs == {}
     assert tools.calls == []
     assert not (tmp_path / "images").exists()
-    with pytest.raises(ImageError, match=r"no manifest\.json"):  # outside check mode it is an error
+    with pytest.raises(GuestImageError, match=r"no manifest\.json"):  # outside check mode it is an error
         GuestImageBuilder(spec, tools)
 
 
@@ -448,7 +452,7 @@ def test_absent_removes_a_leftover_partial(controller: GuestSpec) -> None:
 def test_interrupted_build_leaves_nothing(controller: GuestSpec, no_root_needed: None, failing: str) -> None:
     tools = FakeTools(fail=failing)
     builder = GuestImageBuilder(controller, tools)
-    with pytest.raises(ImageError, match=rf"command failed \(rc=1\): {re.escape(failing)}"):
+    with pytest.raises(GuestImageError, match=rf"command failed \(rc=1\): {re.escape(failing)}"):
         builder.ensure("present", check_mode=False)
     assert tools.tools()[-1] == failing
     assert not builder.guest_dir.exists()
@@ -469,17 +473,17 @@ def test_stale_partial_is_replaced(controller: GuestSpec, no_root_needed: None) 
 def test_preflight(controller: GuestSpec, monkeypatch: pytest.MonkeyPatch) -> None:
     builder = GuestImageBuilder(controller, FakeTools())
     monkeypatch.setattr(_guestimage.os, "geteuid", lambda: 1000)
-    with pytest.raises(ImageError, match="needs root"):
+    with pytest.raises(GuestImageError, match="needs root"):
         builder.ensure("present", check_mode=False)
     monkeypatch.setattr(_guestimage.os, "geteuid", lambda: 0)
     monkeypatch.setattr(
         _guestimage.shutil, "which", lambda tool: None if tool == "qemu-img" else f"/usr/bin/{tool}"
     )
-    with pytest.raises(ImageError, match="qemu-img is not installed"):
+    with pytest.raises(GuestImageError, match="qemu-img is not installed"):
         builder.ensure("present", check_mode=False)
     monkeypatch.setattr(_guestimage.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     shutil.rmtree(controller.base_image_dir / "rootfs")
-    with pytest.raises(ImageError, match="has no rootfs/"):
+    with pytest.raises(GuestImageError, match="has no rootfs/"):
         builder.ensure("present", check_mode=False)
     assert not builder.guest_dir.exists()
 
@@ -573,11 +577,11 @@ def test_network_config() -> None:
 
 @pytest.mark.parametrize("keys", [[], [""], ["  ", "\n"]], ids=["none", "empty", "blank"])
 def test_no_authorized_key(keys: list[str]) -> None:
-    with pytest.raises(ImageError, match="VM vm-a1: no authorized key for root"):
+    with pytest.raises(GuestImageError, match="VM vm-a1: no authorized key for root"):
         seed(authorized_keys=keys)
 
 
 @pytest.mark.parametrize("private", [PUBLIC_KEY, "", "not a key"])
 def test_host_key_must_be_a_private_key(private: str) -> None:
-    with pytest.raises(ImageError, match="VM vm-a1: the host key is not an OpenSSH private key"):
+    with pytest.raises(GuestImageError, match="VM vm-a1: the host key is not an OpenSSH private key"):
         seed(host_key_private=private)

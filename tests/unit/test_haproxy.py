@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils._haproxy import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.member import (
     HaproxyError,
     HaproxyServer,
     HaproxyTimeout,

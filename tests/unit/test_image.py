@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils import _image
-from ansible_collections.berth.fleet.plugins.module_utils._command import CommandResult
-from ansible_collections.berth.fleet.plugins.module_utils._image import (
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import CommandResult
+from ansible_collections.berth.fleet.plugins.module_utils.local import image as _image
+from ansible_collections.berth.fleet.plugins.module_utils.local.image import (
     BASE_PACKAGES,
     ImageBuilder,
     ImageError,

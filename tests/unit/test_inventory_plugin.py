@@ -142,7 +142,7 @@ def test_ansible_doc_documents_the_plugin() -> None:
 
 
 def test_nodes_are_unique_and_sized_for_what_they_carry(envs: dict[str, dict[str, Any]]) -> None:
-    from ansible_collections.berth.fleet.plugins.module_utils._nodes import nodes
+    from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
 
     ci = envs["ci"]
     hostvars = ci["_meta"]["hostvars"]
@@ -212,7 +212,7 @@ def test_metal_hosts_carry_one_instance_and_a_templatable_bmc_reference(tmp_path
 
 
 def test_domain_nodes_are_the_vms_and_in_a_lab_the_domains_playing_bare_metal() -> None:
-    from ansible_collections.berth.fleet.plugins.module_utils._nodes import domain_nodes
+    from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import domain_nodes
 
     def host(node: str, substrate: str) -> dict[str, Any]:
         return {

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils import _labbmc
-from ansible_collections.berth.fleet.plugins.module_utils._command import CommandResult
-from ansible_collections.berth.fleet.plugins.module_utils._labbmc import BmcSpec, LabBmc, LabBmcError
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import CommandResult
+from ansible_collections.berth.fleet.plugins.module_utils.local import labbmc as _labbmc
+from ansible_collections.berth.fleet.plugins.module_utils.local.labbmc import BmcSpec, LabBmc, LabBmcError
 
 
 def spec(tmp_path: Path, **changes: str) -> BmcSpec:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils._command import CommandResult
-from ansible_collections.berth.fleet.plugins.module_utils._labnet import (
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import CommandResult
+from ansible_collections.berth.fleet.plugins.module_utils.local.labnet import (
     BridgeSpec,
     LabNetError,
     LabNetwork,

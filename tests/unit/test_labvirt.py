@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils import _labvirt
-from ansible_collections.berth.fleet.plugins.module_utils._command import CommandResult
-from ansible_collections.berth.fleet.plugins.module_utils._labvirt import LabLibvirtd, LabVirtError
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import CommandResult
+from ansible_collections.berth.fleet.plugins.module_utils.local import labvirt as _labvirt
+from ansible_collections.berth.fleet.plugins.module_utils.local.labvirt import LabLibvirtd, LabVirtError
 
 NS = "berth-t"
 PID_BASE = 5_000_000  # > 4194304, the largest pid_max Linux allows

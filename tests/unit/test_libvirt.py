@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import libvirt
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils._libvirt import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import (
     GIB,
     MIB,
     UPLOAD_CHUNK,

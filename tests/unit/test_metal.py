@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils._metal import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.metal.lifecycle import (
     ALLOWED,
     STATES,
     Hardware,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils import _nspawn
-from ansible_collections.berth.fleet.plugins.module_utils._command import CommandResult
-from ansible_collections.berth.fleet.plugins.module_utils._nspawn import (
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import CommandResult
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn import machine as _nspawn
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.machine import (
     Hierarchy,
     MachineRequest,
     NspawnError,

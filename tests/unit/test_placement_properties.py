@@ -9,8 +9,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.berth.fleet.plugins.module_utils._placement import Placement, place
-from ansible_collections.berth.fleet.plugins.module_utils._spec import SpecError, Topology, parse_topology
+from ansible_collections.berth.fleet.plugins.module_utils.model.placement import Placement, place
+from ansible_collections.berth.fleet.plugins.module_utils.model.spec import (
+    SpecError,
+    Topology,
+    parse_topology,
+)
 
 SECTION = {"vm": "hypervisors", "metal": "metal", "local": "local"}
 

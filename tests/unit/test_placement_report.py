@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ansible_collections.berth.fleet.plugins.module_utils._report import placement_rows, render_table
+from ansible_collections.berth.fleet.plugins.module_utils.model.report import placement_rows, render_table
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils._redfish import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.client import (
     BmcRequest,
     HttpRequest,
     HttpResponse,

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils._health import (
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import sha256_file
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.health import (
     GatePolicy,
     HealthGateError,
     wait_healthy,
 )
-from ansible_collections.berth.fleet.plugins.module_utils._release import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.release import (
     ReleaseError,
     ReleaseManager,
     ReleaseRequest,
-    sha256_of,
 )
 
 
@@ -35,7 +35,7 @@ def make_package(path: Path, version: str, evil: str | None = None) -> Path:
 def request(
     root: Path, version: str, state: str = "current", package: Path | None = None, **kw: object
 ) -> ReleaseRequest:
-    sha = sha256_of(package) if package else None
+    sha = sha256_file(package) if package else None
     return ReleaseRequest(
         instance="catalog-1",
         artifact="catalog",

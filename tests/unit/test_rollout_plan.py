@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils._rollout import (
+from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import (
     Member,
     RolloutError,
     desired_version,
@@ -83,7 +83,7 @@ def test_max_unavailable_must_fit(bad: int) -> None:
 
 
 def test_journal_keeps_where_an_unfinished_rollout_started() -> None:
-    from ansible_collections.berth.fleet.plugins.module_utils._rollout import (
+    from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import (
         journal_batch_done,
         journal_started,
     )

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ansible_collections.berth.fleet.plugins.module_utils._artifact import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.store import (
     ArtifactBuilder,
     ArtifactSpec,
     verify_artifact,

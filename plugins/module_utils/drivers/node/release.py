@@ -14,7 +14,6 @@ crash never leaves an instance without a release. Runs on the node (stdlib only)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import sha256_file
+from ansible_collections.berth.fleet.plugins.module_utils.common.rules import VERSION_RE
+
 MARKER = ".berth-release.json"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 STATES = ("present", "current", "reverted", "query")
 
@@ -90,14 +91,6 @@ class ReleaseResult:
             "actions": self.actions,
             "diff": {"before": self.before, "after": self.after},
         }
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_marker(release_dir: Path) -> dict[str, Any] | None:
@@ -175,7 +168,7 @@ class ReleaseManager:
             raise ReleaseError(f"{request.artifact} {request.version} is not staged and no package was given")
         if not request.package.is_file():
             raise ReleaseError(f"artifact {request.package} does not exist on this host")
-        actual = sha256_of(request.package)
+        actual = sha256_file(request.package)
         if request.sha256 and actual != request.sha256:
             raise ReleaseError(
                 f"artifact {request.package} has sha256 {actual}, expected {request.sha256}: "

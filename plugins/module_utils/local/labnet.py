@@ -11,30 +11,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils._command import (
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import (
     Runner,
     subprocess_runner,
 )
-
-NETNS_DIR = Path("/run/netns")
-IFNAME_MAX = 15
-
-_NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+from ansible_collections.berth.fleet.plugins.module_utils.common.netns import netns_path
+from ansible_collections.berth.fleet.plugins.module_utils.common.rules import ifname_problems, netns_problem
 
 
 class LabNetError(Exception):
     """Anything that stops the lab network from being read, validated or changed."""
-
-
-def netns_path(namespace: str) -> Path:
-    return NETNS_DIR / namespace
 
 
 # --- desired state ------------------------------------------------------------------------------
@@ -85,8 +75,8 @@ class LabNetworkSpec:
 
 def validate_spec(spec: LabNetworkSpec) -> list[str]:
     problems: list[str] = []
-    if not _NETNS_RE.match(spec.namespace):
-        problems.append(f"namespace {spec.namespace!r} must match {_NETNS_RE.pattern}")
+    if (problem := netns_problem(spec.namespace)) is not None:
+        problems.append(f"namespace {problem}")
     if spec.state not in ("present", "absent"):
         problems.append(f"state must be present or absent, not {spec.state!r}")
     seen_names: set[str] = set()
@@ -115,11 +105,7 @@ def validate_spec(spec: LabNetworkSpec) -> list[str]:
 
 
 def validate_ifname(name: str, what: str) -> list[str]:
-    if len(name) > IFNAME_MAX:
-        return [f"{what} {name!r} is {len(name)} characters; Linux allows at most {IFNAME_MAX}"]
-    if not _IFNAME_RE.match(name) or name == "lo":
-        return [f"{what} {name!r} must match {_IFNAME_RE.pattern} and not be 'lo'"]
-    return []
+    return ifname_problems(name, what)
 
 
 # --- observed state -----------------------------------------------------------------------------

@@ -26,12 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils._command import Runner, subprocess_runner
-from ansible_collections.berth.fleet.plugins.module_utils._image import (
-    FileLock,
-    ImageError,
-    run_checked,
-)
+from ansible_collections.berth.fleet.plugins.module_utils.common import command
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import Runner, subprocess_runner
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import FileLock, sha256_file
 
 # Bump whenever customise_guest() or the disk/initramfs recipe changes what ends up in an image.
 GUEST_RECIPE_VERSION = 1
@@ -78,6 +75,14 @@ _KERNEL_RE = re.compile(r"^vmlinuz-(\d+\.\d+\.\d+[\w.+-]*)$")
 _HASH_CHUNK = 1 << 20
 
 
+class GuestImageError(Exception):
+    """Anything that stops a guest image from being built, verified or removed."""
+
+
+def _run_checked(runner: Runner, argv: Sequence[str]) -> command.CommandResult:
+    return command.run_checked(runner, argv, GuestImageError, tail_lines=15)
+
+
 @dataclass(frozen=True)
 class GuestSpec:
     base_image_dir: Path  # a base image directory (rootfs/ + manifest.json) from base_image
@@ -91,17 +96,17 @@ class GuestSpec:
         try:
             manifest: dict[str, Any] = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ImageError(
+            raise GuestImageError(
                 f"base image {self.base_image_dir} has no manifest.json: build it with berth.fleet.base_image"
             ) from None
         except (OSError, ValueError) as exc:
-            raise ImageError(f"unreadable base image manifest {path}: {exc}") from exc
+            raise GuestImageError(f"unreadable base image manifest {path}: {exc}") from exc
         return manifest
 
     def kernel(self) -> str:
         if self.kernel_version:
             if not (self.boot_dir / f"vmlinuz-{self.kernel_version}").is_file():
-                raise ImageError(
+                raise GuestImageError(
                     f"kernel_version {self.kernel_version!r}: {self.boot_dir}/vmlinuz-{self.kernel_version} "
                     "does not exist (apt-get install linux-image-amd64 on the controller)"
                 )
@@ -115,7 +120,7 @@ class GuestSpec:
             key=_version_key,
         )
         if not versions:
-            raise ImageError(
+            raise GuestImageError(
                 f"no Debian kernel on the controller ({self.boot_dir}/vmlinuz-* with {self.modules_dir}/*): "
                 "apt-get install linux-image-amd64 initramfs-tools"
             )
@@ -144,14 +149,6 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def customise_guest(rootfs: Path, runner: Runner) -> None:
     """Turn a copy of the base rootfs into a VM root: cloud-init on, one disk, no RA waits."""
     (rootfs / "etc/cloud/cloud-init.disabled").unlink(missing_ok=True)
@@ -163,7 +160,7 @@ def customise_guest(rootfs: Path, runner: Runner) -> None:
         drop_in = rootfs / f"etc/systemd/network/10-cloud-init-{nic}.network.d/50-berth-no-ra.conf"
         drop_in.parent.mkdir(parents=True, exist_ok=True)
         drop_in.write_text(NO_RA_DROP_IN)
-    run_checked(runner, ["systemctl", f"--root={rootfs}", "disable", *UNITS_TO_DISABLE])
+    _run_checked(runner, ["systemctl", f"--root={rootfs}", "disable", *UNITS_TO_DISABLE])
 
 
 def initramfs_conf(conf_dir: Path) -> None:
@@ -242,7 +239,7 @@ class GuestImageBuilder:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise ImageError(f"unreadable guest manifest in {self.guest_dir}: {exc}") from exc
+            raise GuestImageError(f"unreadable guest manifest in {self.guest_dir}: {exc}") from exc
         return manifest
 
     def ensure(self, state: str, check_mode: bool, verify: bool = False) -> GuestResult:
@@ -251,7 +248,7 @@ class GuestImageBuilder:
                 return self.absent(check_mode)
             return self.present(check_mode, verify)
         except OSError as exc:
-            raise ImageError(f"guest image {self.guest_dir}: {exc}") from exc
+            raise GuestImageError(f"guest image {self.guest_dir}: {exc}") from exc
 
     def present(self, check_mode: bool, verify: bool) -> GuestResult:
         if self.guest_id == "":
@@ -289,24 +286,24 @@ class GuestImageBuilder:
 
     def _verify(self, manifest: dict[str, Any]) -> None:
         for name, expected in manifest.get("files", {}).items():
-            actual = file_sha256(self.guest_dir / name)
+            actual = sha256_file(self.guest_dir / name)
             if actual != expected.get("sha256"):
-                raise ImageError(
+                raise GuestImageError(
                     f"guest image file {self.guest_dir / name} does not match its manifest "
                     f"(manifest {expected.get('sha256')}, content {actual}); remove the directory to rebuild"
                 )
 
     def _preflight(self) -> None:
         if os.geteuid() != 0:
-            raise ImageError("building a guest image needs root (it copies a rootfs with device nodes)")
+            raise GuestImageError("building a guest image needs root (it copies a rootfs with device nodes)")
         for tool in ("mkfs.ext4", "qemu-img", "mkinitramfs", "systemctl"):
             if shutil.which(tool) is None:
-                raise ImageError(
+                raise GuestImageError(
                     f"{tool} is not installed on the controller "
                     "(apt-get install e2fsprogs qemu-utils initramfs-tools systemd)"
                 )
         if not (self.spec.base_image_dir / "rootfs").is_dir():
-            raise ImageError(f"base image {self.spec.base_image_dir} has no rootfs/")
+            raise GuestImageError(f"base image {self.spec.base_image_dir} has no rootfs/")
 
     def _build(self) -> GuestResult:
         started = time.monotonic()
@@ -316,7 +313,7 @@ class GuestImageBuilder:
         kernel_version = self.inputs["kernel_version"]
         try:
             rootfs = partial / "rootfs"
-            run_checked(
+            _run_checked(
                 self.runner,
                 ["cp", "-a", "--reflink=auto", str(self.spec.base_image_dir / "rootfs"), str(rootfs)],
             )
@@ -324,9 +321,11 @@ class GuestImageBuilder:
             raw = partial / "disk.raw"
             with raw.open("wb") as handle:
                 handle.truncate(disk_bytes(tree_bytes(rootfs)))
-            run_checked(self.runner, ["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-d", str(rootfs), str(raw)])
+            _run_checked(
+                self.runner, ["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-d", str(rootfs), str(raw)]
+            )
             shutil.rmtree(rootfs)
-            run_checked(
+            _run_checked(
                 self.runner,
                 [
                     "qemu-img",
@@ -343,14 +342,14 @@ class GuestImageBuilder:
             raw.unlink()
             conf = partial / "initramfs"
             initramfs_conf(conf)
-            run_checked(
+            _run_checked(
                 self.runner,
                 ["mkinitramfs", "-d", str(conf), "-o", str(partial / "initrd.img"), kernel_version],
             )
             shutil.rmtree(conf)
             shutil.copyfile(self.spec.boot_dir / f"vmlinuz-{kernel_version}", partial / "vmlinuz")
             files = {
-                name: {"sha256": file_sha256(partial / name), "bytes": (partial / name).stat().st_size}
+                name: {"sha256": sha256_file(partial / name), "bytes": (partial / name).stat().st_size}
                 for name in ("disk.qcow2", "vmlinuz", "initrd.img")
             }
             build_seconds = round(time.monotonic() - started, 1)
@@ -400,9 +399,9 @@ def guest_seed(
     """
     keys = [key.strip() for key in authorized_keys if key and key.strip()]
     if not keys:
-        raise ImageError(f"VM {node['name']}: no authorized key for root: nobody could log in")
+        raise GuestImageError(f"VM {node['name']}: no authorized key for root: nobody could log in")
     if "PRIVATE KEY" not in host_key_private:
-        raise ImageError(f"VM {node['name']}: the host key is not an OpenSSH private key")
+        raise GuestImageError(f"VM {node['name']}: the host key is not an OpenSSH private key")
     user_data = {
         "ssh_deletekeys": True,
         "ssh_genkeytypes": [],

@@ -17,7 +17,6 @@ exists it describes the tarball next to it. :func:`verify_artifact` checks that 
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import hmac
@@ -28,13 +27,23 @@ import os
 import re
 import stat
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from ansible_collections.berth.fleet.plugins.module_utils.common import fs
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import (
+    FileLock,
+    atomic_write,
+    sha256_stream,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.common.rules import (
+    VERSION_EXPECTED,
+    name_problem,
+    version_problem,
+)
 
 ARTIFACT_SUFFIX = ".tar.gz"
 CHECKSUM_SUFFIX = ".sha256"
@@ -52,12 +61,8 @@ FILE_MODE = 0o644
 EXECUTABLE_MODE = 0o755
 GZIP_LEVEL = 9
 
-# the topology spec's names: a service's artifact is usually named like the service
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
-_VERSION_RE = re.compile(r"^v?[0-9]{1,9}(\.[0-9]{1,9}){0,2}(-[0-9A-Za-z][0-9A-Za-z.]{0,31})?$")
 _FLAG_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CHECKSUM_LINE_RE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
-_CHUNK = 1 << 16
 
 ManifestRow = tuple[str, str, int, int, int, str, str, int, int, str]
 
@@ -80,16 +85,13 @@ class ArtifactSpec:
     build_flags: Mapping[str, Any] = field(default_factory=dict)
 
     def validate(self, state: str = "present") -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or name_problem(self.name) is not None:
             raise ArtifactError(
                 f"name: {self.name!r} is not an artifact name: lowercase letters, digits and '-', "
                 "starting with a letter, at most 32 characters"
             )
-        if not isinstance(self.version, str) or not _VERSION_RE.match(self.version):
-            raise ArtifactError(
-                f"version: {self.version!r} is not a version: use v<N> (v1, v2) or a dotted number "
-                "(1.2.3), optionally with a suffix (1.2.3-rc.1)"
-            )
+        if version_problem(self.version) is not None:
+            raise ArtifactError(f"version: {self.version!r} is not {VERSION_EXPECTED}")
         if not self.dest.is_absolute():
             raise ArtifactError(f"dest: must be an absolute path, got {str(self.dest)!r}")
         if state == "absent":
@@ -327,7 +329,7 @@ def read_manifest(path: Path) -> tuple[ManifestRow, ...]:
                 data_sha256 = ""
                 if info.isreg():
                     handle = tar.extractfile(info)
-                    data_sha256 = _sha256_stream(handle) if handle is not None else ""
+                    data_sha256 = sha256_stream(handle) if handle is not None else ""
                 rows.append(manifest_row(info, data_sha256))
     except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
         raise ArtifactError(f"{path}: not a readable gzip'd tarball: {exc}") from exc
@@ -337,17 +339,9 @@ def read_manifest(path: Path) -> tuple[ManifestRow, ...]:
 # --- checksums -------------------------------------------------------------------------------------
 
 
-def _sha256_stream(handle: IO[bytes]) -> str:
-    digest = hashlib.sha256()
-    while chunk := handle.read(_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def sha256_file(path: Path) -> str:
     try:
-        with open(path, "rb") as handle:
-            return _sha256_stream(handle)
+        return fs.sha256_file(path)
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read: {exc.strerror}") from exc
 
@@ -484,7 +478,7 @@ class ArtifactBuilder:
             self.spec.dest.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ArtifactError(f"dest: cannot create {self.spec.dest}: {exc.strerror}") from exc
-        with _locked(self.spec.dest):
+        with FileLock(self.spec.dest, directory=True):
             return self._apply(self.get_existing(), planned, members, force, write=True)
 
     def _apply(
@@ -580,48 +574,13 @@ class ArtifactBuilder:
 # --- files -----------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """An exclusive lock on the directory itself, so concurrent builds never race (and leave no file)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _write_atomically(path: Path, content: bytes | Callable[[IO[bytes]], None]) -> None:
     """Write bytes (or call ``content(handle)``) into a temporary sibling, then rename it over ``path``."""
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # hosts and the deploy role read these
+        atomic_write(path, content, mode=FILE_MODE)
     except OSError as exc:
-        raise ArtifactError(f"cannot write in {path.parent}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if isinstance(content, bytes):
-                handle.write(content)
-            else:
-                content(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, FILE_MODE)  # mkstemp makes 0600; hosts and the deploy role read these
-        os.replace(tmp_name, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        _unlink(Path(tmp_name))
         raise ArtifactError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        _unlink(Path(tmp_name))
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: Path) -> None:

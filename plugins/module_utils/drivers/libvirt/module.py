@@ -9,7 +9,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.berth.fleet.plugins.module_utils._libvirt import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import (
     LIBVIRT_IMPORT_ERROR,
     Hypervisor,
     LibvirtError,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import ipaddress
 import json
 import os
@@ -33,12 +32,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils._command import (
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import (
     CommandResult,
     Runner,
     subprocess_runner,
 )
-from ansible_collections.berth.fleet.plugins.module_utils._labnet import netns_path, validate_ifname
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import FileLock
+from ansible_collections.berth.fleet.plugins.module_utils.common.netns import netns_path
+from ansible_collections.berth.fleet.plugins.module_utils.common.procfs import (
+    ProcStat,
+    mount_points,
+    parse_proc_stat,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.common.rules import (
+    ifname_problems as validate_ifname,
+)
 
 DEFAULT_MACHINES_DIR = Path("/var/lib/berth/machines")
 STATES = ("running", "stopped", "present", "absent")
@@ -370,31 +378,9 @@ def config_from_json(text: str) -> MachineConfig:
 # --- /proc parsing ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ProcStat:
-    state: str
-    ppid: int
-    start_ticks: int
-
-
-def parse_proc_stat(text: str) -> ProcStat:
-    # comm may contain spaces and parentheses: the fields proper start after the last ')'.
-    fields = text.rsplit(")", 1)[1].split()
-    return ProcStat(state=fields[0], ppid=int(fields[1]), start_ticks=int(fields[19]))
-
-
 def is_our_nspawn(cmdline: bytes, name: str) -> bool:
     argv = [part.decode(errors="replace") for part in cmdline.split(b"\0") if part]
     return bool(argv) and os.path.basename(argv[0]) == "systemd-nspawn" and f"--machine={name}" in argv
-
-
-def mount_points(mountinfo: str) -> set[str]:
-    points: set[str] = set()
-    for line in mountinfo.splitlines():
-        fields = line.split(" ")
-        if len(fields) > 4:
-            points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
-    return points
 
 
 def listening_ports(proc_net_tcp: str) -> set[int]:
@@ -765,7 +751,7 @@ class NspawnMachine:
         return observed
 
     def _is_mounted(self) -> bool:
-        return str(self.paths.merged) in mount_points(Path(self.proc, "self/mountinfo").read_text())
+        return str(self.paths.merged) in set(mount_points(Path(self.proc, "self/mountinfo").read_text()))
 
     def _proc_stat(self, pid: int) -> ProcStat | None:
         try:
@@ -806,7 +792,9 @@ class NspawnMachine:
 
     def _ensure(self, check_mode: bool) -> MachineResult:
         request = self.request
-        with _DirLock(request.machines_dir, create=not check_mode and request.state != "absent"):
+        with FileLock(
+            request.machines_dir, directory=True, create=not check_mode and request.state != "absent"
+        ):
             observed = self.observe()
             before = observed.summary()
             if request.state == "absent":
@@ -1196,26 +1184,3 @@ class NspawnMachine:
         if ipaddress.ip_interface(config.address).version == 6:
             return 22 in ports
         return 22 in ports and config.ip in addresses
-
-
-class _DirLock:
-    """An exclusive flock on the machines directory: one change to the lab's machines at a time."""
-
-    def __init__(self, directory: Path, create: bool) -> None:
-        self.directory = directory
-        self.create = create
-        self._fd: int | None = None
-
-    def __enter__(self) -> _DirLock:
-        if self.create:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        if self.directory.is_dir():
-            self._fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None

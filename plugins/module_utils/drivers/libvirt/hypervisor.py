@@ -27,8 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
-from ansible_collections.berth.fleet.plugins.module_utils._cloudinit import SeedError, build_seed_iso
-from ansible_collections.berth.fleet.plugins.module_utils._labnet import validate_ifname
+from ansible_collections.berth.fleet.plugins.module_utils.common.rules import (
+    ifname_problems as validate_ifname,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.seed import (
+    SeedError,
+    build_seed_iso,
+)
 
 try:
     import libvirt  # no stubs: pyproject sets ignore_missing_imports

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils import _lab
-from ansible_collections.berth.fleet.plugins.module_utils._placement import Instance, Placement, place
-from ansible_collections.berth.fleet.plugins.module_utils._spec import (
+from ansible_collections.berth.fleet.plugins.module_utils.model import statedir
+from ansible_collections.berth.fleet.plugins.module_utils.model.placement import Instance, Placement, place
+from ansible_collections.berth.fleet.plugins.module_utils.model.spec import (
     Machine,
     Topology,
     VirtSettings,
@@ -58,7 +58,7 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
         "berth_environment": topology.environment,
         "berth_colocation": topology.colocation,
         "berth_datacenters": _datacenters(topology),
-        "berth_state_dir": str(_lab.environment_dir(state_dir, topology.environment)),
+        "berth_state_dir": str(statedir.environment_dir(state_dir, topology.environment)),
         "berth_lab_namespace": topology.lab_namespace,
         "berth_lab_bridges": _lab_bridges(topology),
     }
@@ -108,7 +108,7 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
         for host_vars in data.hosts.values():
             if host_vars.get("berth_substrate") in ("vm", "metal"):
                 host_vars["ansible_ssh_common_args"] = (
-                    f"-o UserKnownHostsFile={_lab.known_hosts(state_dir, topology.environment)} "
+                    f"-o UserKnownHostsFile={statedir.known_hosts(state_dir, topology.environment)} "
                     "-o StrictHostKeyChecking=yes"
                 )
     return data
@@ -120,7 +120,7 @@ def _lab_bridges(topology: Topology) -> list[dict[str, str]]:
         return []
     return [
         {
-            "name": _lab.bridge_name(dc.name),
+            "name": statedir.bridge_name(dc.name),
             "address": f"{dc.pool.gateway}/{dc.pool.network.prefixlen}",
         }
         for dc in topology.datacenters
@@ -131,10 +131,10 @@ def _lab_connection(topology: Topology, state_dir: str, dc: str) -> dict[str, An
     """How the controller reaches a node inside the lab namespace: SSH through the namespace."""
     env = topology.environment
     return {
-        "berth_bridge": _lab.bridge_name(dc),
+        "berth_bridge": statedir.bridge_name(dc),
         "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(_lab.operator_key(state_dir, env)),
-        "ansible_ssh_common_args": _lab.ssh_common_args(state_dir, env, topology.lab_namespace),
+        "ansible_ssh_private_key_file": str(statedir.operator_key(state_dir, env)),
+        "ansible_ssh_common_args": statedir.ssh_common_args(state_dir, env, topology.lab_namespace),
         # labs reuse addresses in different namespaces: never share an SSH master across environments
         "ansible_control_path": f"%(directory)s/{env}-%%C",
     }
@@ -185,7 +185,7 @@ def _hypervisor_vars(topology: Topology, machine: Machine, virt: VirtSettings) -
         "domain_type": virt.domain_type,
         "pool": virt.pool,
         "pool_path": virt.pool_path,
-        "bridge": virt.bridge or _lab.bridge_name(machine.dc),
+        "bridge": virt.bridge or statedir.bridge_name(machine.dc),
         # one libvirt network per environment and DC on each hypervisor, in bridge mode onto `bridge`
         "network": f"berth-{topology.environment}-{machine.dc}",
     }
@@ -200,7 +200,7 @@ def _lab_metal_emulation(topology: Topology, machine: Machine) -> dict[str, Any]
         "domain_type": "qemu",
         "pool": f"berth-{env}",
         "pool_path": f"/var/lib/berth/pools/{env}",
-        "bridge": _lab.bridge_name(machine.dc),
+        "bridge": statedir.bridge_name(machine.dc),
         "network": f"berth-{env}-{machine.dc}",
         "emulates": "metal",
     }

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils._command import Runner, subprocess_runner
-from ansible_collections.berth.fleet.plugins.module_utils._nspawn import parse_proc_stat
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import Runner, subprocess_runner
+from ansible_collections.berth.fleet.plugins.module_utils.common.procfs import parse_proc_stat
 
 DEFAULT_DIR = Path("/run/berth/bmc")
 

@@ -9,7 +9,6 @@ is complete: an interrupted build never leaves something that looks like an imag
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -22,10 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils._command import (
+from ansible_collections.berth.fleet.plugins.module_utils.common import command
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import (
     CommandResult,
     Runner,
     subprocess_runner,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import FileLock
+from ansible_collections.berth.fleet.plugins.module_utils.common.procfs import (
+    mount_points,
+    unescape_mountinfo,
 )
 
 # Bump whenever customise_rootfs() or the debootstrap invocation changes what ends up in an image.
@@ -84,11 +89,7 @@ class ImageError(Exception):
 
 
 def run_checked(runner: Runner, argv: Sequence[str]) -> CommandResult:
-    result = runner(argv)
-    if result.rc != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-15:]
-        raise ImageError(f"command failed (rc={result.rc}): {' '.join(argv)}\n" + "\n".join(tail))
-    return result
+    return command.run_checked(runner, argv, ImageError, tail_lines=15)
 
 
 @dataclass(frozen=True)
@@ -311,21 +312,16 @@ def overlay_lowerdirs(mountinfo: str) -> list[str]:
         super_options = line.split(" - ", 1)[1].split(" ", 2)[-1]
         for option in super_options.split(","):
             if option.startswith("lowerdir="):
-                lowers.extend(_unescape_mountinfo(part) for part in option[len("lowerdir=") :].split(":"))
+                lowers.extend(unescape_mountinfo(part) for part in option[len("lowerdir=") :].split(":"))
     return lowers
 
 
 def mounts_below(mountinfo: str, path: Path) -> list[str]:
     """Mount points at or under path, deepest first (the order to unmount them in)."""
     top = str(path).rstrip("/")
-    fields = (line.split(" ") for line in mountinfo.splitlines())
-    points = [_unescape_mountinfo(parts[4]) for parts in fields if len(parts) > 4]
+    points = mount_points(mountinfo)
     inside = {point for point in points if point == top or point.startswith(top + "/")}
     return sorted(inside, key=lambda point: (-point.count("/"), point))
-
-
-def _unescape_mountinfo(value: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), value)
 
 
 def debootstrap_argv(spec: ImageSpec, target: Path) -> list[str]:
@@ -515,23 +511,6 @@ class ImageBuilder:
         result.manifest = manifest
         result.build_seconds = build_seconds
         return result
-
-
-class FileLock:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def __enter__(self) -> FileLock:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 def customise_rootfs(rootfs: Path, runner: Runner) -> None:

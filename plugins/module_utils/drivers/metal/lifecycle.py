@@ -39,11 +39,12 @@ import datetime
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import atomic_write
 
 STATES = ("enrolled", "inspected", "available", "active", "retired", "failed")
 REQUESTABLE = ("enrolled", "inspected", "available", "active", "retired")
@@ -346,29 +347,13 @@ class MetalStore:
         text = json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n"
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=f".{record.host}.", suffix=".tmp", dir=self.directory)
         except OSError as exc:
             raise MetalError(f"cannot write in {self.directory}: {exc.strerror or exc}") from None
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as stream:
-                os.fchmod(stream.fileno(), 0o600)
-                stream.write(text)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-            self._sync_directory()
+            atomic_write(path, text, mode=0o600)
         except OSError as exc:
-            Path(temporary).unlink(missing_ok=True)
             raise MetalError(f"cannot write {path}: {exc.strerror or exc}") from None
         return path
-
-    def _sync_directory(self) -> None:
-        """So that the rename itself survives a crash."""
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --- the whole job ------------------------------------------------------------------------------

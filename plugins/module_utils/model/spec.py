@@ -34,7 +34,11 @@ DEFAULT_DISK_GIB = 4
 DEFAULT_POOL = "berth"
 DEFAULT_POOL_PATH = "/var/lib/berth/pool"
 
-from ansible_collections.berth.fleet.plugins.module_utils._lab import IFNAMSIZ, bridge_name, default_namespace
+from ansible_collections.berth.fleet.plugins.module_utils.model.statedir import (
+    IFNAMSIZ,
+    bridge_name,
+    default_namespace,
+)
 
 T = TypeVar("T")
 

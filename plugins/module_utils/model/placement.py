@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ansible_collections.berth.fleet.plugins.module_utils._spec import (
+from ansible_collections.berth.fleet.plugins.module_utils.model.spec import (
     KIND_FOR_SUBSTRATE,
     Datacenter,
     LoadBalancer,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils._command import Runner, subprocess_runner
-from ansible_collections.berth.fleet.plugins.module_utils._labnet import netns_path
-from ansible_collections.berth.fleet.plugins.module_utils._nspawn import parse_proc_stat
+from ansible_collections.berth.fleet.plugins.module_utils.common.command import Runner, subprocess_runner
+from ansible_collections.berth.fleet.plugins.module_utils.common.netns import netns_path
+from ansible_collections.berth.fleet.plugins.module_utils.common.procfs import parse_proc_stat
 
 DAEMONS = ("virtlogd", "libvirtd")  # start order; stop in reverse
 RECORD_DIR = Path("/run/berth")
