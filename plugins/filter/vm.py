@@ -50,7 +50,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import stable_mac
 from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import guest_seed
-from ansible_collections.berth.fleet.plugins.module_utils.local.image import ImageError
+from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import GuestImageError
 
 
 def vm_seed(
@@ -60,7 +60,7 @@ def vm_seed(
         return guest_seed(
             node, stable_mac(node["name"], 0), host_key_private, host_key_public, authorized_keys
         )
-    except ImageError as exc:
+    except GuestImageError as exc:
         raise AnsibleFilterError(str(exc)) from None
 
 

@@ -118,7 +118,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage impor
     GuestSpec,
     volume_names,
 )
-from ansible_collections.berth.fleet.plugins.module_utils.local.image import ImageError
+from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import GuestImageError
 
 
 def main() -> None:
@@ -138,7 +138,7 @@ def main() -> None:
             check_mode=module.check_mode,
         )
         result = builder.ensure(params["state"], module.check_mode, verify=params["verify"])
-    except ImageError as exc:
+    except GuestImageError as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc())
     volumes = volume_names(result.guest_id) if result.guest_id else {}
     module.exit_json(volumes=volumes, **result.as_dict())

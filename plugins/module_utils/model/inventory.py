@@ -59,6 +59,8 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
         "berth_colocation": topology.colocation,
         "berth_datacenters": _datacenters(topology),
         "berth_state_dir": str(statedir.environment_dir(state_dir, topology.environment)),
+        # the one fact that says "this environment is a local lab on this machine": roles branch on it
+        "berth_lab": bool(topology.lab_namespace),
         "berth_lab_namespace": topology.lab_namespace,
         "berth_lab_bridges": _lab_bridges(topology),
     }
