@@ -8,11 +8,11 @@ COLLECTION_LINK := ansible_collections/berth/fleet
 # tools run from the venv without activating it
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-# Debian packages the project needs on the controller and for the local lab (see shared/LAB.md)
+# Debian packages the project needs on the controller and for the local lab (docs/dependencies.md says why)
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev git \
 	openssh-client openssh-server debootstrap systemd-container iproute2 \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
-	iptables haproxy socat wrk rsync procps linux-image-amd64 initramfs-tools ipmitool e2fsprogs
+	iptables haproxy socat rsync procps linux-image-amd64 initramfs-tools e2fsprogs
 
 .PHONY: help deps apt venv collection demo provision reconcile destroy lab-shell test lint unit integration sanity molecule clean
 

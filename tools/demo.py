@@ -26,6 +26,9 @@ from pathlib import Path
 from inventory_json import hostvars as inventory_hostvars
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the collection, through the checkout's ansible_collections/ link
+from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import journal_path
+
 BIN = Path(sys.executable).parent
 LOADGEN = ROOT / "tools" / "loadgen.py"
 
@@ -108,7 +111,7 @@ def main() -> None:
         seconds, _seen = under_load(
             argv, report, *env, "playbooks/deploy.yml", "-e", "service=catalog", "-e", "version=v2"
         )
-        journal = next(Path(str(hostvars[lbs[0]]["berth_state_dir"])).glob("rollouts/catalog.json"))
+        journal = journal_path(str(hostvars[lbs[0]]["berth_state_dir"]), "catalog")
         step("summary")
         subprocess.run(
             [

@@ -10,12 +10,15 @@ author:
 description:
   - Several inventory hosts can share one node (colocated instances). Returns each node once, with
     its datacenter, machine, substrate, address, prefix, gateway, lab bridge, the hosts it carries,
-    and the summed C(vcpus) and C(memory_mib) of the service instances on it (0 for load balancers).
+    and the summed C(vcpus) and C(memory_mib) of the service instances on it (0 for load balancers),
+    their cgroup C(limits) (C(cpu_quota_percent), C(memory_max_mib)) and the C(size) the node must be
+    made as (at least C(minimum); a lab's emulated bare-metal host is its declared hardware).
   - The same file provides C(domain_nodes), used as
-    C(hostvars | berth.fleet.domain_nodes(groups, berth_lab_namespace)), which returns the nodes that
-    are libvirt domains (every VM, and in a lab the domains playing its bare metal), and
-    C(metal_lifecycle), used as C(berth_state_dir | berth.fleet.metal_lifecycle(host)), which returns
-    a bare-metal host's lifecycle state from Berth's record, or C(new).
+    C(hostvars | berth.fleet.domain_nodes(groups, berth_lab, minimum=...)), which returns the nodes that
+    are libvirt domains (every VM, and in a lab the domains playing its bare metal),
+    C(cgroup_limits), used as C(berth_service_spec.resources | berth.fleet.cgroup_limits), the limits
+    of one instance, and C(metal_lifecycle), used as C(berth_state_dir | berth.fleet.metal_lifecycle(host)),
+    which returns a bare-metal host's lifecycle state from Berth's record, or C(new).
 options:
   _input:
     description: C(hostvars).
@@ -26,6 +29,9 @@ options:
     type: list
     elements: str
     required: true
+  minimum:
+    description: The smallest node to make (C(vcpus), C(memory_mib), C(disk_gib)); only affects C(size).
+    type: dict
 """
 
 EXAMPLES = r"""
@@ -49,7 +55,11 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.metal.lifecycl
     MetalError,
     MetalStore,
 )
-from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import domain_nodes, nodes
+from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import (
+    cgroup_limits,
+    domain_nodes,
+    nodes,
+)
 
 
 def metal_lifecycle(state_dir: str, host: str) -> str:
@@ -61,6 +71,16 @@ def metal_lifecycle(state_dir: str, host: str) -> str:
     return "new" if record is None else str(record.state)
 
 
+def instance_limits(resources):
+    """The cgroup limits of one instance's resources (``vcpus``, ``memory_mib``)."""
+    return cgroup_limits(int(resources["vcpus"]), int(resources["memory_mib"]))
+
+
 class FilterModule:
     def filters(self):
-        return {"nodes": nodes, "domain_nodes": domain_nodes, "metal_lifecycle": metal_lifecycle}
+        return {
+            "nodes": nodes,
+            "domain_nodes": domain_nodes,
+            "metal_lifecycle": metal_lifecycle,
+            "cgroup_limits": instance_limits,
+        }

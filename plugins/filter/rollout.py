@@ -47,23 +47,14 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import (
-    RolloutError,
+from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import (
+    JournalError,
     desired_version,
     journal_batch_done,
     journal_started,
-    members_from_inventory,
+    waits,
 )
-
-
-def _waits(results, key):
-    """The `key` of every registered result, looking inside loop results."""
-    values = []
-    for result in results:
-        for item in result.get("results", [result]):
-            if isinstance(item, dict) and item.get(key) is not None:
-                values.append(float(item[key]))
-    return values
+from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import members_from_inventory
 
 
 def rollout_batch_done(journal, hosts, seconds, drained, gates, ups):
@@ -71,16 +62,16 @@ def rollout_batch_done(journal, hosts, seconds, drained, gates, ups):
         journal,
         list(hosts),
         float(seconds),
-        drain_waits=_waits(drained, "waited"),
-        risen_after=_waits(gates, "risen_after"),
-        ready_waits=_waits(ups, "waited"),
+        drain_waits=waits(drained, "waited"),
+        risen_after=waits(gates, "risen_after"),
+        ready_waits=waits(ups, "waited"),
     )
 
 
 def rollout_desired_version(journal, inventory_version, service):
     try:
         return desired_version(journal or {}, str(inventory_version), str(service))
-    except RolloutError as exc:
+    except JournalError as exc:
         raise AnsibleFilterError(str(exc)) from None
 
 

@@ -138,11 +138,11 @@ from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.store import (
-    ArtifactBuilder,
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.spec import (
     ArtifactError,
     ArtifactSpec,
 )
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.store import ArtifactBuilder
 
 
 def main() -> None:

@@ -54,9 +54,9 @@ servers:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.member import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.member import HaproxyServer
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
     HaproxyError,
-    HaproxyServer,
     UnixSocketTransport,
     parse_servers_state,
 )

@@ -212,11 +212,9 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.member import (
-    HaproxyError,
-    MemberRequest,
-    apply_request,
-)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.member import apply_request
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.plan import MemberRequest
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import HaproxyError
 
 
 def main() -> None:

@@ -342,11 +342,8 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.metal.lifecycl
     LifecycleRequest,
     MetalError,
 )
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.client import (
-    BmcRequest,
-    RedfishError,
-    connect,
-)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.errors import RedfishError
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.host import BmcRequest, connect
 
 ARGUMENT_SPEC = {
     "bmc": {"type": "str", "required": True},

@@ -12,11 +12,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
@@ -238,6 +239,29 @@ def force_vm_cleanup(domains: Sequence[str]) -> list[str]:
                 done.append(f"stopped {name} {daemon['pid']}")
         record.unlink()
     return done
+
+
+@contextlib.contextmanager
+def destroyed_afterwards(
+    spec: Path,
+    namespace: str,
+    machines: Callable[[], Sequence[str]] = tuple,
+    domains: Callable[[], Sequence[str]] = tuple,
+    also: Callable[[], list[str]] = list,
+    done: Callable[[], bool] = lambda: False,
+) -> Iterator[None]:
+    """The one teardown of every lab a test makes: whatever happens inside, ``destroy.yml`` runs on
+    ``spec`` (unless ``done()`` says a test already tore the lab down). When destroy fails, the
+    last-resort cleanup removes the ``domains()``, then whatever ``also()`` removes, then the
+    nspawn ``machines()`` and the namespace, and the test fails saying what had to be forced."""
+    try:
+        yield
+    finally:
+        if not done():
+            down = run_playbook(DESTROY, str(spec))
+            if down.returncode != 0:
+                forced = force_vm_cleanup(domains()) + also() + force_cleanup(machines(), namespace)
+                pytest.fail(f"destroy failed; forced cleanup did {forced}:\n{down.output[-4000:]}")
 
 
 def _rmdir(path: str) -> None:

@@ -28,7 +28,7 @@ from lab import (
     PROVISION,
     ROOT,
     LabSsh,
-    force_cleanup,
+    destroyed_afterwards,
     host_snapshot,
     inventory_hostvars,
     lab_spec,
@@ -117,7 +117,12 @@ def lab_estate(
         baseline=host_snapshot(),
     )
     estate.hostvars = inventory_hostvars(estate.spec)
-    try:
+    with destroyed_afterwards(
+        estate.spec,
+        estate.namespace,
+        machines=lambda: [n["name"] for n in estate.nodes],
+        done=lambda: estate.torn_down,
+    ):
         up = run_playbook(PROVISION, str(estate.spec))
         assert up.returncode == 0, up.output[-6000:]
         estate.up_seconds = up.seconds
@@ -126,12 +131,6 @@ def lab_estate(
             f"cached image): {up.seconds} s"
         )
         yield estate
-    finally:
-        if not estate.torn_down:
-            down = run_playbook(DESTROY, str(estate.spec))
-            if down.returncode != 0:
-                leftovers = force_cleanup([n["name"] for n in estate.nodes], estate.namespace)
-                pytest.fail(f"destroy failed; forced cleanup did {leftovers}:\n{down.output[-4000:]}")
 
 
 # --- tests (in order: the last one tears the estate down) ---------------------------------------
@@ -357,7 +356,7 @@ def test_dev_and_ci_shapes_provision_and_destroy(shape: str, lab_run_id: str, la
     hostvars = inventory_hostvars(spec)
     machines = nodes(hostvars, sorted(hostvars))
     baseline = host_snapshot()
-    try:
+    with destroyed_afterwards(spec, f"berth-{environment}", machines=lambda: [m["name"] for m in machines]):
         up = run_playbook(PROVISION, str(spec))
         assert up.returncode == 0, up.output[-4000:]
         # every inventory host answers through the inventory's own connection settings
@@ -370,11 +369,6 @@ def test_dev_and_ci_shapes_provision_and_destroy(shape: str, lab_run_id: str, la
         )
         assert ping.returncode == 0, ping.stdout + ping.stderr
         assert ping.stdout.count("SUCCESS") == len(hostvars)
-    finally:
-        down = run_playbook(DESTROY, str(spec))
-        if down.returncode != 0:
-            force_cleanup([m["name"] for m in machines], f"berth-{environment}")
-    assert down.returncode == 0, down.output[-4000:]
     if shape == "ci":  # four instances, one machine: one node carries them all
         assert len(machines) == 2 and len(machines[0]["hosts"] + machines[1]["hosts"]) == 5
     deadline = time.monotonic() + 10

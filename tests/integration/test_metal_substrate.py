@@ -31,8 +31,7 @@ from lab import (
     ROOT,
     VIRSH,
     LabSsh,
-    force_cleanup,
-    force_vm_cleanup,
+    destroyed_afterwards,
     host_snapshot,
     run_playbook,
 )
@@ -196,22 +195,22 @@ def metal_lab(lab_run_id: str, lab_workdir: Path, lab_metrics: Any) -> Iterator[
     raw = metal_spec(lab_workdir / "metal" / f"{environment}.berth.yml", environment, state_dir)
     lab = MetalLab(environment, lab_workdir, state_dir, raw, host_snapshot())
     write(lab.spec, raw)
-    try:
+
+    def stop_bmcs() -> list[str]:
+        done = []
+        for host in lab.hosts:
+            record = BMC_DIR / host / "record.json"
+            if record.is_file():
+                pid = json.loads(record.read_text())["pid"]
+                subprocess.run(["kill", str(pid)], check=False)
+                shutil.rmtree(BMC_DIR / host, ignore_errors=True)
+                done.append(f"stopped BMC {pid}")
+        return done
+
+    with destroyed_afterwards(
+        lab.spec, lab.namespace, domains=lambda: list(lab.hosts), also=stop_bmcs, done=lambda: lab.torn_down
+    ):
         yield lab
-    finally:
-        if not lab.torn_down:
-            down = run_playbook(DESTROY, str(lab.spec))
-            if down.returncode != 0:
-                done = force_vm_cleanup(list(lab.hosts))
-                for host in lab.hosts:
-                    record = BMC_DIR / host / "record.json"
-                    if record.is_file():
-                        pid = json.loads(record.read_text())["pid"]
-                        subprocess.run(["kill", str(pid)], check=False)
-                        shutil.rmtree(BMC_DIR / host, ignore_errors=True)
-                        done.append(f"stopped BMC {pid}")
-                done += force_cleanup([], lab.namespace)
-                pytest.fail(f"destroy failed; forced cleanup did {done}:\n{down.output[-4000:]}")
 
 
 def test_a_wrong_bmc_password_powers_nothing_and_is_never_shown(metal_lab: MetalLab) -> None:

@@ -27,13 +27,12 @@ import pytest
 from lab import (
     BIN,
     DEPLOY,
-    DESTROY,
     MACHINES_DIR,
     PROVISION,
     ROLLBACK,
     ROOT,
     PlaybookRun,
-    force_cleanup,
+    destroyed_afterwards,
     inventory_hostvars,
     lab_spec,
     local_play,
@@ -153,7 +152,8 @@ def rollout_lab(
         environment, lab_spec(workdir / f"{environment}.berth.yml", environment, workdir / "state"), workdir
     )
     lab.hostvars = inventory_hostvars(lab.spec)
-    try:
+    machines = [n["name"] for n in nodes(lab.hostvars, sorted(lab.hostvars))]
+    with destroyed_afterwards(lab.spec, lab.namespace, machines=lambda: machines):
         built = run_playbook(ROOT / "playbooks" / "build_artifacts.yml", "localhost,")
         assert built.returncode == 0, built.output[-3000:]
         up = run_playbook(PROVISION, str(lab.spec))
@@ -164,11 +164,6 @@ def rollout_lab(
         lab_metrics.add(f"first deploy of catalog v1 to 4 empty instances: {first.seconds} s")
         assert set(lab.versions("catalog").values()) == {"v1"}
         yield lab
-    finally:
-        down = run_playbook(DESTROY, str(lab.spec))
-        if down.returncode != 0:
-            force_cleanup([n["name"] for n in nodes(lab.hostvars, sorted(lab.hostvars))], lab.namespace)
-            pytest.fail(f"destroy failed:\n{down.output[-3000:]}")
 
 
 def assert_no_request_lost(report: dict[str, Any]) -> None:

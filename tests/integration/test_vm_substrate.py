@@ -29,8 +29,7 @@ from lab import (
     ROOT,
     VIRSH,
     LabSsh,
-    force_cleanup,
-    force_vm_cleanup,
+    destroyed_afterwards,
     host_snapshot,
     inventory_hostvars,
     run_playbook,
@@ -179,7 +178,13 @@ def vm_lab(lab_run_id: str, lab_workdir: Path, lab_metrics: Any) -> Iterator[VmL
         libvirtd_before=daemons,
     )
     lab.hostvars = inventory_hostvars(lab.spec)
-    try:
+    with destroyed_afterwards(
+        lab.spec,
+        lab.namespace,
+        machines=lambda: [n["name"] for n in lab.all_nodes if n["substrate"] == "local"],
+        domains=lambda: [vm["name"] for vm in lab.vms],
+        done=lambda: lab.torn_down,
+    ):
         # --check on a lab that does not exist: reports what it would make, makes nothing
         dry = run_playbook(PROVISION, str(lab.spec), "--check", "--diff")
         assert dry.returncode == 0, dry.output[-6000:]
@@ -194,15 +199,6 @@ def vm_lab(lab_run_id: str, lab_workdir: Path, lab_metrics: Any) -> Iterator[VmL
             f"{len(lab.all_nodes) - len(lab.vms)} nspawn LBs in 2 DCs) to SSH-ready: {up.seconds} s"
         )
         yield lab
-    finally:
-        if not lab.torn_down:
-            down = run_playbook(DESTROY, str(lab.spec))
-            if down.returncode != 0:
-                done = force_vm_cleanup([vm["name"] for vm in lab.vms])
-                done += force_cleanup(
-                    [n["name"] for n in lab.all_nodes if n["substrate"] == "local"], lab.namespace
-                )
-                pytest.fail(f"destroy failed; forced cleanup did {done}:\n{down.output[-4000:]}")
 
 
 # --- tests (in order: the last one tears the estate down) -------------------------------------------

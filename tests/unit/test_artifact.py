@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.store import (
-    ArtifactBuilder,
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.spec import (
     ArtifactError,
     ArtifactSpec,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.store import ArtifactBuilder
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.verify import (
     parse_checksum_line,
     verify_artifact,
 )

@@ -14,20 +14,26 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.member import (
-    HaproxyError,
     HaproxyServer,
     HaproxyTimeout,
-    MemberRequest,
-    ServerState,
-    UnixSocketTransport,
-    admin_from_flags,
     apply_request,
-    describe_check,
-    operational_from,
-    parse_servers_state,
-    parse_stat_csv,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.plan import (
+    MemberRequest,
     plan_change,
     predict,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
+    HaproxyError,
+    UnixSocketTransport,
+    parse_servers_state,
+    parse_stat_csv,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.state import (
+    ServerState,
+    admin_from_flags,
+    describe_check,
+    operational_from,
 )
 from tests.lb_member_states import EXPECTED
 

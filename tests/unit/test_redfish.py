@@ -27,24 +27,29 @@ from typing import Any
 import pytest
 
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.client import (
-    BmcRequest,
-    HttpRequest,
-    HttpResponse,
-    NoAnswer,
-    OpenUrlTransport,
-    RedfishAuthError,
     RedfishClient,
+    parse_bmc_url,
+    redfish_message,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.errors import (
+    RedfishAuthError,
     RedfishError,
     RedfishTimeout,
     RedfishUnreachable,
     RedfishUnsupported,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.host import BmcRequest, connect
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.retry import (
     RetryPolicy,
-    choose_reset,
-    connect,
-    describe_no_answer,
-    parse_bmc_url,
     parse_retry_after,
-    redfish_message,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.system import choose_reset
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.redfish.transport import (
+    HttpRequest,
+    HttpResponse,
+    NoAnswer,
+    OpenUrlTransport,
+    describe_no_answer,
 )
 from tests import sushy
 from tests.ports import free_port

@@ -9,7 +9,6 @@ import pytest
 from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import (
     Member,
     RolloutError,
-    desired_version,
     plan_rollout,
 )
 
@@ -80,73 +79,3 @@ def test_a_pure_repair_is_not_held_to_the_budgets() -> None:
 def test_max_unavailable_must_fit(bad: int) -> None:
     with pytest.raises(RolloutError, match="must be between 1 and its 4 instances"):
         plan_rollout("catalog", prod(), "v2", bad)
-
-
-def test_journal_keeps_where_an_unfinished_rollout_started() -> None:
-    from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import (
-        journal_batch_done,
-        journal_started,
-    )
-
-    first = journal_started(
-        {}, "catalog", "v2", {"catalog-1": "v1", "catalog-2": "v1"}, [["catalog-1"], ["catalog-2"]]
-    )
-    assert first["from"] == {"catalog-1": "v1", "catalog-2": "v1"} and first["status"] == "running"
-    done = journal_batch_done(first, ["catalog-1"], 12.345, [3.2, 0.0], [0.56], [0.0, 0.1])
-    assert done["batches_done"] == [
-        {"hosts": ["catalog-1"], "seconds": 12.35, "drain_wait": 3.2, "risen_after": 0.56, "ready_wait": 0.1}
-    ]
-    # interrupted, rerun: catalog-1 is on v2 already, but the rollout started from v1
-    again = journal_started(done, "catalog", "v2", {"catalog-1": "v2", "catalog-2": "v1"}, [["catalog-2"]])
-    assert again["from"]["catalog-1"] == "v1" and len(again["batches_done"]) == 1
-    # the same target after it finished is a repair: where the estate came from stays, for rollback
-    complete = {**done, "status": "complete"}
-    repair = journal_started(complete, "catalog", "v2", {"catalog-1": "", "catalog-2": "v2"}, [["catalog-1"]])
-    assert repair["from"] == first["from"] and repair["batches_done"] == [] and repair["repair"] is True
-    # a new target starts from what runs now
-    fresh = journal_started(complete, "catalog", "v3", {"catalog-1": "v2", "catalog-2": "v2"}, [])
-    assert fresh["from"] == {"catalog-1": "v2", "catalog-2": "v2"} and fresh["batches_done"] == []
-    assert "repair" not in fresh
-
-
-@pytest.mark.parametrize(
-    ("journal", "expected"),
-    [
-        ({}, ("v1", "no rollout recorded: the inventory's version")),
-        (
-            {"status": "complete", "target": "v2", "from": {"a": "v1"}},
-            ("v2", "the target of the last finished rollout"),
-        ),
-        (
-            {"status": "halted", "target": "v3", "from": {"a": "v2", "b": "v2", "c": ""}},
-            ("v2", "the rollout to v3 halted and was reverted: the version that ran before it"),
-        ),
-    ],
-)
-def test_reconcile_converges_to_what_the_last_rollout_left(
-    journal: dict[str, Any], expected: tuple[str, str]
-) -> None:
-    assert desired_version(journal, "v1", "catalog") == {"version": expected[0], "why": expected[1]}
-
-
-@pytest.mark.parametrize(
-    ("journal", "message"),
-    [
-        (
-            {"status": "running", "target": "v2", "from": {"a": "v1"}},
-            "the rollout of catalog to v2 is unfinished (status running): finish it "
-            "(playbooks/deploy.yml -e service=catalog -e version=v2) or return "
-            "(playbooks/rollback.yml -e service=catalog); reconcile does not choose for you",
-        ),
-        (
-            {"status": "halted", "target": "v3", "from": {"a": "v1", "b": "v2"}},
-            "the rollout of catalog to v3 halted, and before it the instances ran v1, v2: no single version",
-        ),
-    ],
-)
-def test_reconcile_leaves_an_unfinished_rollout_to_the_operator(
-    journal: dict[str, Any], message: str
-) -> None:
-    with pytest.raises(RolloutError) as error:
-        desired_version(journal, "v1", "catalog")
-    assert str(error.value).startswith(message)

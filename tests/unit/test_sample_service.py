@@ -19,11 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.store import (
-    ArtifactBuilder,
-    ArtifactSpec,
-    verify_artifact,
-)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.spec import ArtifactSpec
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.store import ArtifactBuilder
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.verify import verify_artifact
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,186 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The rollout journal: one JSON file per service that says where its last rollout stands.
+
+``<state_dir>/rollouts/<service>.json`` (``state_dir`` is the environment's ``berth_state_dir``)::
+
+    {"service", "target", "status": running | halted | complete,
+     "from": {instance: version it ran before}, "plan": [[batch hosts], ...],
+     "batches_done": [{"hosts", "seconds", "drain_wait", "risen_after", "ready_wait"}, ...],
+     "repair": true (a rerun for a finished target), "halted_at", "reason" (when halted)}
+
+This module owns all of it: the location, reading and writing (atomically, 0600), every status
+transition, the per-batch timing, and the two choices made from it: the version rollback returns
+to and the version reconcile converges to. Roles and playbooks only call the ``rollout_journal``
+module. Pure apart from the file it reads and writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import atomic_write
+from ansible_collections.berth.fleet.plugins.module_utils.common.rules import name_problem
+
+STATUSES = ("running", "halted", "complete")
+JOURNAL_DIR = "rollouts"
+
+
+class JournalError(ValueError):
+    """A journal that cannot be read or used; the message says which file and why."""
+
+
+def journal_path(state_dir: str | Path, service: str) -> Path:
+    if (problem := name_problem(service)) is not None:
+        raise JournalError(f"service: {problem}")
+    return Path(state_dir) / JOURNAL_DIR / f"{service}.json"
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The journal at ``path``, or ``{}`` when no rollout was ever recorded there."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise JournalError(f"cannot read the rollout journal {path}: {exc.strerror or exc}") from None
+    try:
+        journal = json.loads(text)
+    except ValueError as exc:
+        raise JournalError(f"{path} is not JSON ({exc}): fix or remove it") from None
+    if not isinstance(journal, dict):
+        raise JournalError(f"{path} is not a rollout journal: not a JSON object")
+    return journal
+
+
+def render(journal: Mapping[str, Any]) -> str:
+    return json.dumps(journal, indent=2, sort_keys=True) + "\n"
+
+
+def save(path: Path, journal: Mapping[str, Any]) -> None:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(path, render(journal), mode=0o600)
+    except OSError as exc:
+        raise JournalError(f"cannot write the rollout journal {path}: {exc.strerror or exc}") from None
+
+
+def journal_started(
+    previous: Mapping[str, Any],
+    service: str,
+    target: str,
+    versions_now: Mapping[str, str],
+    batches: list[list[str]],
+) -> dict[str, Any]:
+    """The journal of a rollout that is starting.
+
+    Where the estate came from (`from`, what rollback returns to) belongs to the rollout that
+    introduced the target: a rerun of the same unfinished rollout keeps it and its finished
+    batches; a run for the target of a *finished* rollout is a repair (an instance replaced or
+    fallen out of rotation) and keeps `from` too, or a repaired estate could no longer roll back.
+    """
+    same_target = previous.get("target") == target and "from" in previous
+    resumed = same_target and previous.get("status") != "complete"
+    journal: dict[str, Any] = {
+        "service": service,
+        "target": target,
+        "status": "running",
+        "from": dict(previous["from"]) if same_target else dict(versions_now),
+        "plan": batches,
+        "batches_done": list(previous.get("batches_done", [])) if resumed else [],
+    }
+    if same_target and not resumed:
+        journal["repair"] = True
+    return journal
+
+
+def journal_batch_done(
+    journal: Mapping[str, Any],
+    hosts: list[str],
+    seconds: float,
+    drain_waits: list[float],
+    risen_after: list[float],
+    ready_waits: list[float],
+) -> dict[str, Any]:
+    """The journal with one more finished batch and where its time went (the longest of each wait)."""
+    record = {
+        "hosts": hosts,
+        "seconds": round(seconds, 2),
+        "drain_wait": round(max(drain_waits, default=0.0), 2),
+        "risen_after": round(max(risen_after, default=0.0), 2),
+        "ready_wait": round(max(ready_waits, default=0.0), 2),
+    }
+    return {**journal, "batches_done": [*journal.get("batches_done", []), record]}
+
+
+def desired_version(journal: Mapping[str, Any], inventory_version: str, service: str) -> dict[str, str]:
+    """The version a reconcile converges a service to, and why (from its rollout journal).
+
+    A reconcile repairs; it never starts, finishes or undoes a rollout on its own. So the desired
+    version is what the last rollout left the estate on: its target when it finished, what ran
+    before it when it halted (and was reverted), the inventory's version when none is recorded.
+    An unfinished rollout is the operator's call.
+    """
+    if not journal:
+        return {"version": inventory_version, "why": "no rollout recorded: the inventory's version"}
+    status, target = journal.get("status"), journal.get("target")
+    if status == "complete" and target:
+        return {"version": str(target), "why": "the target of the last finished rollout"}
+    if status == "halted":
+        earlier = sorted({str(version) for version in dict(journal.get("from", {})).values() if version})
+        if len(earlier) == 1:
+            return {
+                "version": earlier[0],
+                "why": f"the rollout to {target} halted and was reverted: the version that ran before it",
+            }
+        raise JournalError(
+            f"the rollout of {service} to {target} halted, and before it the instances ran "
+            f"{', '.join(earlier) or 'nothing'}: no single version to converge to. Deploy the one you want "
+            f"(playbooks/deploy.yml -e service={service} -e version=...)"
+        )
+    raise JournalError(
+        f"the rollout of {service} to {target} is unfinished (status {status}): finish it "
+        f"(playbooks/deploy.yml -e service={service} -e version={target}) or return "
+        f"(playbooks/rollback.yml -e service={service}); reconcile does not choose for you"
+    )
+
+
+def journal_halted(journal: Mapping[str, Any], host: str, reason: str) -> dict[str, Any]:
+    """The journal of a rollout that stopped at ``host`` (its batch was reverted)."""
+    return {**journal, "status": "halted", "halted_at": host, "reason": reason}
+
+
+def journal_complete(journal: Mapping[str, Any]) -> dict[str, Any]:
+    return {**journal, "status": "complete"}
+
+
+def waits(results: Iterable[Any], key: str) -> list[float]:
+    """The ``key`` of every registered task result, looking inside loop results."""
+    values = []
+    for result in results:
+        if not isinstance(result, Mapping):
+            continue
+        for item in result.get("results", [result]):
+            if isinstance(item, Mapping) and item.get(key) is not None:
+                values.append(float(item[key]))
+    return values
+
+
+def rollback_version(journal: Mapping[str, Any], service: str, path: str) -> str:
+    """The one revision the last rollout of ``service`` started from (what rollback returns to).
+
+    Like ``kubectl rollout undo``, a second rollback returns to the version the first one left.
+    """
+    if "from" not in journal:
+        raise JournalError(
+            f"no rollout of '{service}' is recorded in {path} (give the service with -e service=NAME)"
+        )
+    earlier = sorted({str(version) for version in dict(journal["from"]).values() if version})
+    if len(earlier) != 1:
+        raise JournalError(
+            f"the last rollout of {service} started from {json.dumps(journal['from'], sort_keys=True)}: "
+            "no single earlier revision to return to (deploy the version you want with playbooks/deploy.yml)"
+        )
+    return earlier[0]

@@ -1,0 +1,234 @@
+#!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: rollout_journal
+short_description: The rollout journal of a service - its states, and the version rollback or reconcile goes to
+version_added: 0.3.0
+author:
+  - Berth maintainers (@berth)
+description:
+  - Every rollout of a service is recorded in C(<state_dir>/rollouts/<service>.json) on the
+    controller - where it started from, its batches, which are done and how long each took, and
+    whether it is running, halted or complete. This module is the only reader and writer of that
+    file; the C(rollout) role and the C(rollback) and C(reconcile) playbooks call it.
+  - C(read) returns the journal (empty when nothing was ever rolled out).
+  - C(start) records a rollout that is starting; a rerun of an unfinished rollout keeps where it
+    started from and the batches already done.
+  - C(batch_done) appends one finished batch with its wall time and its longest waits (drain,
+    rise, ready), read from the registered results of the batch's tasks.
+  - C(halt) records that the rollout stopped at a host and why; C(complete) that it finished.
+  - C(rollback_version) returns the one revision the last rollout started from, or fails saying
+    why there is none. C(desired_version) returns the version a reconcile converges to and why.
+  - The file is written atomically with mode 0600.
+options:
+  state_dir:
+    description: The environment's state directory on the controller (C(berth_state_dir)).
+    type: path
+    required: true
+  service:
+    description: The service whose journal this is.
+    type: str
+    required: true
+  action:
+    description: What to do (see the description).
+    type: str
+    default: read
+    choices: [read, start, batch_done, halt, complete, rollback_version, desired_version]
+  target:
+    description: With C(start), the version being rolled out.
+    type: str
+  versions:
+    description: With C(start), the version each instance runs now (C('') for none).
+    type: dict
+  batches:
+    description: With C(start), the planned batches (lists of instance names).
+    type: list
+    elements: list
+  hosts:
+    description: With C(batch_done), the instances of the finished batch.
+    type: list
+    elements: str
+  seconds:
+    description: With C(batch_done), the batch's wall time.
+    type: float
+  drained:
+    description: With C(batch_done), the registered results of the drain waits (their C(waited)).
+    type: list
+    elements: raw
+    default: []
+  gates:
+    description: With C(batch_done), the registered results of the health gates (their C(risen_after)).
+    type: list
+    elements: raw
+    default: []
+  ups:
+    description: With C(batch_done), the registered results of the waits for UP (their C(waited)).
+    type: list
+    elements: raw
+    default: []
+  host:
+    description: With C(halt), the instance the rollout stopped at.
+    type: str
+  reason:
+    description: With C(halt), what failed.
+    type: str
+  inventory_version:
+    description: With C(desired_version), the version the inventory's service descriptor asks for.
+    type: str
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
+    details: C(start) for a rollout that is already recorded the same way, C(halt) and C(complete) when
+      the journal already says so, change nothing.
+"""
+
+EXAMPLES = r"""
+- name: The revision to roll back to
+  berth.fleet.rollout_journal:
+    state_dir: "{{ berth_state_dir }}"
+    service: catalog
+    action: rollback_version
+  register: previous
+
+- name: A batch is done
+  berth.fleet.rollout_journal:
+    state_dir: "{{ berth_state_dir }}"
+    service: catalog
+    action: batch_done
+    hosts: "{{ ansible_play_batch }}"
+    seconds: 12.5
+  delegate_to: localhost
+  run_once: true
+"""
+
+RETURN = r"""
+path:
+  description: The journal file.
+  type: str
+  returned: always
+journal:
+  description: The journal after the action (C({}) when none is recorded).
+  type: dict
+  returned: always
+version:
+  description: The version chosen by C(rollback_version) or C(desired_version).
+  type: str
+  returned: with rollback_version and desired_version
+why:
+  description: Why C(desired_version) chose it.
+  type: str
+  returned: with desired_version
+"""
+
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.berth.fleet.plugins.module_utils.planner import journal as rollout_journal
+
+REQUIRED_BY_ACTION = {
+    "start": ["target", "versions", "batches"],
+    "batch_done": ["hosts", "seconds"],
+    "halt": ["host", "reason"],
+    "desired_version": ["inventory_version"],
+}
+
+
+def advance(params: dict[str, Any], before: dict[str, Any], path: str) -> dict[str, Any]:
+    """The result fields of one action on the journal ``before`` (``journal`` is what it becomes)."""
+    action, service = params["action"], params["service"]
+    if action == "start":
+        return {
+            "journal": rollout_journal.journal_started(
+                before, service, params["target"], params["versions"], params["batches"]
+            )
+        }
+    if action == "batch_done":
+        return {
+            "journal": rollout_journal.journal_batch_done(
+                before,
+                params["hosts"],
+                params["seconds"],
+                drain_waits=rollout_journal.waits(params["drained"], "waited"),
+                risen_after=rollout_journal.waits(params["gates"], "risen_after"),
+                ready_waits=rollout_journal.waits(params["ups"], "waited"),
+            )
+        }
+    if action == "halt":
+        return {"journal": rollout_journal.journal_halted(before, params["host"], params["reason"])}
+    if action == "complete":
+        return {"journal": rollout_journal.journal_complete(before) if before else before}
+    if action == "rollback_version":
+        return {"journal": before, "version": rollout_journal.rollback_version(before, service, path)}
+    if action == "desired_version":
+        return {
+            "journal": before,
+            **rollout_journal.desired_version(before, params["inventory_version"], service),
+        }
+    return {"journal": before}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "state_dir": {"type": "path", "required": True},
+            "service": {"type": "str", "required": True},
+            "action": {
+                "type": "str",
+                "default": "read",
+                "choices": [
+                    "read",
+                    "start",
+                    "batch_done",
+                    "halt",
+                    "complete",
+                    "rollback_version",
+                    "desired_version",
+                ],
+            },
+            "target": {"type": "str"},
+            "versions": {"type": "dict"},
+            "batches": {"type": "list", "elements": "list"},
+            "hosts": {"type": "list", "elements": "str"},
+            "seconds": {"type": "float"},
+            "drained": {"type": "list", "elements": "raw", "default": []},
+            "gates": {"type": "list", "elements": "raw", "default": []},
+            "ups": {"type": "list", "elements": "raw", "default": []},
+            "host": {"type": "str"},
+            "reason": {"type": "str"},
+            "inventory_version": {"type": "str"},
+        },
+        required_if=[("action", action, needed) for action, needed in REQUIRED_BY_ACTION.items()],
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        path = rollout_journal.journal_path(params["state_dir"], params["service"])
+        before = rollout_journal.load(path)
+        result = advance(params, before, str(path))
+    except rollout_journal.JournalError as exc:
+        module.fail_json(msg=str(exc), path=params["state_dir"])
+    after = result["journal"]
+    changed = after != before
+    if changed and not module.check_mode:
+        try:
+            rollout_journal.save(path, after)
+        except rollout_journal.JournalError as exc:
+            module.fail_json(msg=str(exc), path=str(path))
+    diff = {
+        "before": rollout_journal.render(before) if before else "",
+        "after": rollout_journal.render(after) if after else "",
+        "before_header": str(path),
+        "after_header": str(path),
+    }
+    module.exit_json(changed=changed, path=str(path), diff=diff, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""The rollout journal: transitions, timings, and the versions rollback and reconcile choose.
+
+The module tests run the real ``berth.fleet.rollout_journal`` module through ansible against a
+state directory of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import (
+    JournalError,
+    desired_version,
+    journal_batch_done,
+    journal_path,
+    journal_started,
+    load,
+    rollback_version,
+    save,
+    waits,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_journal_keeps_where_an_unfinished_rollout_started() -> None:
+    first = journal_started(
+        {}, "catalog", "v2", {"catalog-1": "v1", "catalog-2": "v1"}, [["catalog-1"], ["catalog-2"]]
+    )
+    assert first["from"] == {"catalog-1": "v1", "catalog-2": "v1"} and first["status"] == "running"
+    done = journal_batch_done(first, ["catalog-1"], 12.345, [3.2, 0.0], [0.56], [0.0, 0.1])
+    assert done["batches_done"] == [
+        {"hosts": ["catalog-1"], "seconds": 12.35, "drain_wait": 3.2, "risen_after": 0.56, "ready_wait": 0.1}
+    ]
+    # interrupted, rerun: catalog-1 is on v2 already, but the rollout started from v1
+    again = journal_started(done, "catalog", "v2", {"catalog-1": "v2", "catalog-2": "v1"}, [["catalog-2"]])
+    assert again["from"]["catalog-1"] == "v1" and len(again["batches_done"]) == 1
+    # the same target after it finished is a repair: where the estate came from stays, for rollback
+    complete = {**done, "status": "complete"}
+    repair = journal_started(complete, "catalog", "v2", {"catalog-1": "", "catalog-2": "v2"}, [["catalog-1"]])
+    assert repair["from"] == first["from"] and repair["batches_done"] == [] and repair["repair"] is True
+    # a new target starts from what runs now
+    fresh = journal_started(complete, "catalog", "v3", {"catalog-1": "v2", "catalog-2": "v2"}, [])
+    assert fresh["from"] == {"catalog-1": "v2", "catalog-2": "v2"} and fresh["batches_done"] == []
+    assert "repair" not in fresh
+
+
+@pytest.mark.parametrize(
+    ("journal", "expected"),
+    [
+        ({}, ("v1", "no rollout recorded: the inventory's version")),
+        (
+            {"status": "complete", "target": "v2", "from": {"a": "v1"}},
+            ("v2", "the target of the last finished rollout"),
+        ),
+        (
+            {"status": "halted", "target": "v3", "from": {"a": "v2", "b": "v2", "c": ""}},
+            ("v2", "the rollout to v3 halted and was reverted: the version that ran before it"),
+        ),
+    ],
+)
+def test_reconcile_converges_to_what_the_last_rollout_left(
+    journal: dict[str, Any], expected: tuple[str, str]
+) -> None:
+    assert desired_version(journal, "v1", "catalog") == {"version": expected[0], "why": expected[1]}
+
+
+@pytest.mark.parametrize(
+    ("journal", "message"),
+    [
+        (
+            {"status": "running", "target": "v2", "from": {"a": "v1"}},
+            "the rollout of catalog to v2 is unfinished (status running): finish it "
+            "(playbooks/deploy.yml -e service=catalog -e version=v2) or return "
+            "(playbooks/rollback.yml -e service=catalog); reconcile does not choose for you",
+        ),
+        (
+            {"status": "halted", "target": "v3", "from": {"a": "v1", "b": "v2"}},
+            "the rollout of catalog to v3 halted, and before it the instances ran v1, v2: no single version",
+        ),
+    ],
+)
+def test_reconcile_leaves_an_unfinished_rollout_to_the_operator(
+    journal: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(JournalError) as error:
+        desired_version(journal, "v1", "catalog")
+    assert str(error.value).startswith(message)
+
+
+def test_waits_reads_plain_and_loop_results() -> None:
+    results = [{"waited": 1.5}, {"results": [{"waited": 0.2}, {"skipped": True}, "odd"]}, None, {}]
+    assert waits(results, "waited") == [1.5, 0.2]
+
+
+def test_rollback_returns_to_the_one_earlier_revision(tmp_path: Path) -> None:
+    path = str(journal_path(tmp_path, "catalog"))
+    assert rollback_version({"from": {"a": "v1", "b": "v1", "c": ""}}, "catalog", path) == "v1"
+    with pytest.raises(
+        JournalError, match=r"no rollout of 'catalog' is recorded in .*/rollouts/catalog\.json"
+    ):
+        rollback_version({}, "catalog", path)
+    with pytest.raises(JournalError, match="no single earlier revision to return to"):
+        rollback_version({"from": {"a": "v1", "b": "v2"}}, "catalog", path)
+
+
+def test_the_journal_lives_in_one_place_and_is_written_atomically(tmp_path: Path) -> None:
+    path = journal_path(tmp_path, "catalog")
+    assert path == tmp_path / "rollouts" / "catalog.json"
+    assert load(path) == {}
+    save(path, {"service": "catalog", "status": "running"})
+    assert load(path) == {"service": "catalog", "status": "running"}
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    assert [p.name for p in path.parent.iterdir()] == ["catalog.json"]  # no temporary file left
+    path.write_text("{not json")
+    with pytest.raises(JournalError, match=r"catalog\.json is not JSON"):
+        load(path)
+    with pytest.raises(JournalError, match="service: expected a name"):
+        journal_path(tmp_path, "../etc")
+
+
+def journal_module(state_dir: Path, *args: str, check: bool = False) -> dict[str, Any]:
+    """The module's real main(), run as Ansible runs it (arguments on stdin's file); its JSON result."""
+    params: dict[str, Any] = {}
+    for arg in args:
+        key, value = arg.split("=", 1)
+        params[key] = json.loads(value) if value[:1] in "[{" else value
+    params.update(state_dir=str(state_dir), _ansible_check_mode=check, _ansible_diff=check)
+    args_file = state_dir / "args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "plugins/modules/rollout_journal.py"), str(args_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    args_file.unlink()
+    return dict(json.loads(proc.stdout))
+
+
+def test_the_module_walks_a_rollout_through_its_states(tmp_path: Path) -> None:
+    started = journal_module(
+        tmp_path,
+        "service=catalog",
+        "action=start",
+        "target=v2",
+        'versions={"catalog-1": "v1", "catalog-2": "v1"}',
+        'batches=[["catalog-1"], ["catalog-2"]]',
+    )
+    assert started.get("changed") is True, started
+    assert started["journal"]["status"] == "running" and started["journal"]["from"]["catalog-1"] == "v1"
+    again = journal_module(
+        tmp_path,
+        "service=catalog",
+        "action=start",
+        "target=v2",
+        'versions={"catalog-1": "v1", "catalog-2": "v1"}',
+        'batches=[["catalog-1"], ["catalog-2"]]',
+    )
+    assert again["changed"] is False  # the same rollout recorded the same way
+    done = journal_module(
+        tmp_path,
+        "service=catalog",
+        "action=batch_done",
+        'hosts=["catalog-1"]',
+        "seconds=3.456",
+        'drained=[{"results": [{"waited": 1.25}, {"waited": 0.5}]}]',
+        'gates=[{"risen_after": 0.75}]',
+    )
+    assert done["journal"]["batches_done"] == [
+        {"hosts": ["catalog-1"], "seconds": 3.46, "drain_wait": 1.25, "risen_after": 0.75, "ready_wait": 0.0}
+    ]
+    # --check --diff shows the change and writes nothing
+    before = (tmp_path / "rollouts" / "catalog.json").read_text()
+    checked = journal_module(
+        tmp_path, "service=catalog", "action=halt", "host=catalog-2", "reason=gate", check=True
+    )
+    assert checked["changed"] is True and '"status": "halted"' in checked["diff"]["after"]
+    assert (tmp_path / "rollouts" / "catalog.json").read_text() == before
+    halted = journal_module(tmp_path, "service=catalog", "action=halt", "host=catalog-2", "reason=gate")
+    assert halted["journal"]["status"] == "halted" and halted["journal"]["halted_at"] == "catalog-2"
+    back = journal_module(tmp_path, "service=catalog", "action=rollback_version")
+    assert (back["changed"], back["version"]) == (False, "v1")
+    desired = journal_module(tmp_path, "service=catalog", "action=desired_version", "inventory_version=v9")
+    assert desired["version"] == "v1" and "halted and was reverted" in desired["why"]
+
+
+def test_the_module_refuses_bad_input_and_changes_nothing(tmp_path: Path) -> None:
+    missing = journal_module(tmp_path, "service=catalog", "action=start", "target=v2")
+    assert missing.get("failed") and "versions" in missing["msg"] and "batches" in missing["msg"], missing
+    bad_name = journal_module(tmp_path, "service=../x", "action=read")
+    assert bad_name.get("failed") and "service: expected a name" in bad_name["msg"]
+    nothing = journal_module(tmp_path, "service=catalog", "action=rollback_version")
+    assert nothing.get("failed") and "no rollout of 'catalog' is recorded" in nothing["msg"]
+    assert not (tmp_path / "rollouts").exists()
