@@ -1,0 +1,98 @@
+#!/usr/bin/python
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: artifact_info
+short_description: Check that a built service artifact exists and matches its recorded checksum
+version_added: 0.3.0
+author:
+  - Berth maintainers (@berth)
+description:
+  - Reads O(dir)/<name>-<version>.tar.gz and its C(.sha256) (as written by M(berth.fleet.artifact_build))
+    and checks, in constant time, that the tarball's sha256 is the recorded one and that the
+    checksum file names this tarball. Changes nothing.
+  - Fails with a message naming the file when the artifact or its checksum is missing (build it
+    first with C(playbooks/build_artifacts.yml)), unreadable or does not match.
+  - Name and version follow Berth's one naming and version rule, the same the topology spec applies.
+options:
+  name:
+    description: Artifact name.
+    type: str
+    required: true
+  version:
+    description: Version.
+    type: str
+    required: true
+  dir:
+    description: Absolute path of the directory holding the artifacts.
+    type: path
+    required: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: The artifact to deploy is the one that was built
+  berth.fleet.artifact_info:
+    name: catalog
+    version: v2
+    dir: /var/lib/berth/artifacts
+  register: artifact
+"""
+
+RETURN = r"""
+path:
+  description: The tarball.
+  returned: success
+  type: str
+sha256:
+  description: Its verified sha256.
+  returned: success
+  type: str
+"""
+
+from pathlib import Path
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.spec import (
+    ArtifactError,
+    ArtifactSpec,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.verify import verify_artifact
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "version": {"type": "str", "required": True},
+            "dir": {"type": "path", "required": True},
+        },
+        supports_check_mode=True,
+    )
+    spec = ArtifactSpec(module.params["name"], module.params["version"], Path(module.params["dir"]))
+    try:
+        spec.validate(state="absent")  # name, version and dir; no source needed to read
+    except ArtifactError as exc:
+        module.fail_json(msg=str(exc))
+    if not spec.path.is_file():
+        module.fail_json(
+            msg=f"missing artifact {spec.path}: build it first "
+            "(ansible-playbook playbooks/build_artifacts.yml)"
+        )
+    try:
+        sha256 = verify_artifact(spec.path, spec.checksum_path)
+    except ArtifactError as exc:
+        module.fail_json(msg=f"{exc}: refusing to deploy it")
+    module.exit_json(changed=False, path=str(spec.path), sha256=sha256)
+
+
+if __name__ == "__main__":
+    main()
