@@ -201,12 +201,9 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.machine import (
-    STATES,
-    MachineRequest,
-    NspawnError,
-    NspawnMachine,
-)
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.config import STATES, MachineRequest
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.errors import NspawnError
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.machine import NspawnMachine
 
 
 def main() -> None:

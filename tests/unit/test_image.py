@@ -22,6 +22,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.local.image import (
     parse_dpkg_status,
     tree_checksum,
 )
+from ansible_collections.berth.fleet.plugins.module_utils.local.image import spec as _image_spec
 
 # This machine's own apt configuration (deb822), plus a one-line list for the other format.
 DEB822 = """\
@@ -105,7 +106,7 @@ def test_inputs_that_change_content_change_the_id_and_the_mirror_does_not(
     assert spec(tmp_path, extra_packages=("jq",)).image_id != base
     assert spec(tmp_path, suite="trixie").image_id != base
     assert spec(tmp_path, mirror="http://other.example/debian").image_id == base
-    monkeypatch.setattr(_image, "RECIPE_VERSION", _image.RECIPE_VERSION + 1)
+    monkeypatch.setattr(_image_spec, "RECIPE_VERSION", _image_spec.RECIPE_VERSION + 1)
     assert spec(tmp_path).image_id != base
 
 

@@ -12,29 +12,33 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.command import CommandResult
+from ansible_collections.berth.fleet.plugins.module_utils.common.procfs import mount_points, parse_proc_stat
 from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn import machine as _nspawn
-from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.machine import (
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn import process as _process
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.argv import nspawn_argv
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.cgroups import (
     Hierarchy,
+    limit_writes,
+    machine_cgroups,
+    parse_cgroup_hierarchies,
+    read_cgroup_limits,
+    remove_cgroups,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.config import (
     MachineRequest,
-    NspawnError,
-    NspawnMachine,
     RunState,
     config_from_json,
     config_to_json,
-    is_our_nspawn,
-    limit_writes,
-    listening_ports,
-    local_ipv4_addresses,
-    machine_cgroups,
     machine_files,
-    mount_points,
-    nspawn_argv,
-    parse_cgroup_hierarchies,
-    parse_proc_stat,
-    read_cgroup_limits,
-    remove_cgroups,
     render_network_unit,
     validate_request,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.errors import NspawnError
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.machine import NspawnMachine
+from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.proc import (
+    is_our_nspawn,
+    listening_ports,
+    local_ipv4_addresses,
 )
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDhUH0qPgdRIKSNg9wTEvc08OG+VP02bR7KiajaPkVJL berth@test"
@@ -462,7 +466,7 @@ def test_a_recorded_pid_that_is_not_our_nspawn_is_never_signalled(
     def refuse(pid: int, sig: int) -> None:
         raise AssertionError(f"signalled {pid}")
 
-    monkeypatch.setattr(_nspawn.os, "kill", refuse)
+    monkeypatch.setattr(_process.os, "kill", refuse)
     observed = machine(lab).observe()
     assert observed.run is None and observed.stale_run is not None and observed.state == "stopped"
     result = machine(lab, state="stopped").ensure(check_mode=False)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import (
     Member,
@@ -79,3 +81,50 @@ def test_a_pure_repair_is_not_held_to_the_budgets() -> None:
 def test_max_unavailable_must_fit(bad: int) -> None:
     with pytest.raises(RolloutError, match="must be between 1 and its 4 instances"):
         plan_rollout("catalog", prod(), "v2", bad)
+
+
+# --- datacenter budgets: largest remainder ------------------------------------------------------
+
+
+def estate(per_dc: dict[str, int], version: str = "v1") -> list[Member]:
+    members, ordinal = [], 0
+    for dc, count in per_dc.items():
+        for _ in range(count):
+            ordinal += 1
+            members.append(Member(f"svc-{ordinal}", dc, ordinal, version, True))
+    return members
+
+
+def test_forty_instances_in_four_dcs_at_a_quarter_take_ten_per_batch() -> None:
+    members = estate({"dc1": 10, "dc2": 10, "dc3": 10, "dc4": 10})
+    plan = plan_rollout("svc", members, "v2", 10)
+    # each DC's share is 2.5: up to 3 of a DC at once, and each batch shares the 10 by what is left
+    assert plan.dc_budget == {"dc1": 3, "dc2": 3, "dc3": 3, "dc4": 3}
+    assert [len(batch) for batch in plan.batches] == [10, 10, 10, 10]
+    dc_of = {m.name: m.dc for m in members}
+    for batch in plan.batches:
+        assert sorted(Counter(dc_of[name] for name in batch).values()) == [2, 2, 3, 3]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=5),
+    fraction=st.floats(min_value=0.01, max_value=1.0),
+)
+def test_budgets_and_batches_keep_every_invariant(sizes: list[int], fraction: float) -> None:
+    members = estate({f"dc{i}": size for i, size in enumerate(sizes, 1)})
+    total = len(members)
+    max_unavailable = max(1, min(total, round(total * fraction)))
+    plan = plan_rollout("svc", members, "v2", max_unavailable)
+    per_dc = {dc: sum(1 for m in members if m.dc == dc) for dc in plan.dc_budget}
+    for dc, budget in plan.dc_budget.items():
+        share = max_unavailable * per_dc[dc] / total
+        assert 1 <= budget <= max(1, -(-max_unavailable * per_dc[dc] // total)), (dc, budget, share)
+        assert per_dc[dc] == 1 or budget < per_dc[dc]  # a DC of two or more is never emptied
+    assert sum(min(b, per_dc[dc]) for dc, b in plan.dc_budget.items()) >= min(max_unavailable, len(per_dc))
+    dc_of = {m.name: m.dc for m in members}
+    for batch in plan.batches:
+        assert 1 <= len(batch) <= max_unavailable
+        for dc, budget in plan.dc_budget.items():
+            assert sum(1 for name in batch if dc_of[name] == dc) <= budget
+    assert sorted(plan.hosts) == sorted(m.name for m in members)  # every DC progresses to the end

@@ -7,7 +7,8 @@ Pure and deterministic (see docs/rollouts.md):
   load balancer (an interrupted rollout leaves such instances behind; a rerun finishes them);
 * at most ``max_unavailable`` instances of the service are unavailable at once, counting the ones
   that are already DOWN, and at most a datacenter's budget of that datacenter's instances
-  (``max(1, max_unavailable * dc_instances // instances)``), so no DC is emptied;
+  (its share of ``max_unavailable`` rounded up, at least 1, never all of a DC of two or more:
+  ``dc_budgets``), each batch sharing ``max_unavailable`` among the DCs by what each has left;
 * instances that are already DOWN go first (touching them costs no capacity), then by ordinal,
   which alternates datacenters;
 * the preflight refuses a plan whose first batch would exceed a budget given the current state,
@@ -75,9 +76,41 @@ class Plan:
 
 
 def dc_budgets(members: list[Member], max_unavailable: int) -> dict[str, int]:
+    """How many of each datacenter's instances may be unavailable at once: its share of
+    ``max_unavailable`` (in proportion to its instances) rounded up, at least 1 so that every DC
+    progresses, and for a DC of two or more instances at most all but one, so no DC is emptied.
+    The batch's own cap of ``max_unavailable`` keeps the total."""
     per_dc = Counter(m.dc for m in members)
     total = len(members)
-    return {dc: max(1, max_unavailable * count // total) for dc, count in sorted(per_dc.items())}
+    return {
+        dc: max(1, min(-(-max_unavailable * count // total), count - 1 if count > 1 else 1))
+        for dc, count in sorted(per_dc.items())
+    }
+
+
+def _next_batch(remaining: list[Member], max_unavailable: int, budgets: Mapping[str, int]) -> list[Member]:
+    """One batch: instances already DOWN first (they are out anyway), then ``max_unavailable`` shared
+    among the DCs in proportion to what each has left to do, one instance at a time to the DC with
+    the most left (the largest-remainder apportionment), within each DC's budget. So 40 instances in
+    4 DCs at 10 roll in 4 batches of 10 (3+3+2+2, then 2+2+3+3, ...), not 5 of 8."""
+    batch: list[Member] = []
+    per_dc: Counter[str] = Counter()
+    for member in remaining:
+        if not member.up and len(batch) < max_unavailable and per_dc[member.dc] < budgets[member.dc]:
+            batch.append(member)
+            per_dc[member.dc] += 1
+    queues: dict[str, list[Member]] = {}
+    for member in remaining:
+        if member not in batch:
+            queues.setdefault(member.dc, []).append(member)
+    while len(batch) < max_unavailable:
+        open_dcs = [dc for dc, queue in queues.items() if queue and per_dc[dc] < budgets[dc]]
+        if not open_dcs:
+            break
+        dc = min(open_dcs, key=lambda name: (-len(queues[name]), _order(queues[name][0])))
+        batch.append(queues[dc].pop(0))
+        per_dc[dc] += 1
+    return sorted(batch, key=_order)
 
 
 def plan_rollout(service: str, members: list[Member], target: str, max_unavailable: int) -> Plan:
@@ -106,12 +139,7 @@ def plan_rollout(service: str, members: list[Member], target: str, max_unavailab
     _refuse_unsafe_start(plan, members)
     remaining = sorted(todo, key=_order)
     while remaining:
-        batch: list[Member] = []
-        per_dc: Counter[str] = Counter()
-        for member in remaining:
-            if len(batch) < max_unavailable and per_dc[member.dc] < plan.dc_budget[member.dc]:
-                batch.append(member)
-                per_dc[member.dc] += 1
+        batch = _next_batch(remaining, max_unavailable, plan.dc_budget)
         plan.batches.append([m.name for m in batch])
         remaining = [m for m in remaining if m not in batch]
     return plan
