@@ -47,6 +47,11 @@ class Hierarchy:
         return found
 
 
+def versions_by_role(hierarchies: Sequence[Hierarchy]) -> dict[str, int]:
+    """Which cgroup version carries each controller ("memory", "cpu", ...) on this host."""
+    return {role: h.version for h in hierarchies for role in h.roles()}
+
+
 def parse_cgroup_hierarchies(
     mountinfo: str, proc_self_cgroup: str, v2_controllers: Mapping[str, str] | None = None
 ) -> list[Hierarchy]:
@@ -101,7 +106,7 @@ def limit_writes(
     memory_max: int | None,
 ) -> list[tuple[str, str]]:
     """(file, value) pairs that set, or lift, a machine's limits in its cgroups."""
-    version = {role: h.version for h in hierarchies for role in h.roles()}
+    version = versions_by_role(hierarchies)
     writes: list[tuple[str, str]] = []
     if "memory" in cgroups:
         directory = cgroups["memory"]
@@ -128,7 +133,7 @@ def limit_writes(
 
 def read_cgroup_limits(hierarchies: Sequence[Hierarchy], cgroups: Mapping[str, str]) -> dict[str, int | None]:
     """The limits currently written in a machine's cgroups (None: unlimited or not readable)."""
-    version = {role: h.version for h in hierarchies for role in h.roles()}
+    version = versions_by_role(hierarchies)
     limits: dict[str, int | None] = {"cpu_quota": None, "memory_max": None}
     if "memory" in cgroups:
         name = "memory.max" if version.get("memory") == 2 else "memory.limit_in_bytes"
@@ -221,7 +226,7 @@ def remove_cgroups(directories: Sequence[str], timeout: float = 5.0) -> list[str
 def memory_usage_bytes(hierarchies: Sequence[Hierarchy], cgroups: Mapping[str, str]) -> int | None:
     if "memory" not in cgroups:
         return None
-    version = {role: h.version for h in hierarchies for role in h.roles()}
+    version = versions_by_role(hierarchies)
     name = "memory.current" if version.get("memory") == 2 else "memory.usage_in_bytes"
     raw = _read_text(os.path.join(cgroups["memory"], name)).strip()
     return int(raw) if raw.isdigit() else None

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.command import CommandResult, Runner
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import atomic_write
 from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.argv import (
     host_key_argv,
     overlay_mount_argv,
@@ -79,11 +80,7 @@ class MachineOverlay:
         base = self.paths.merged if mounted else self.paths.upper
         for relative, (content, mode) in machine_files(config).items():
             self._ensure_parents(base, relative, Path(config.rootfs))
-            target = base / relative
-            tmp = target.with_name(f".{target.name}.berth-tmp")
-            tmp.write_text(content)
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
+            atomic_write(base / relative, content, mode=mode)
 
     @staticmethod
     def _ensure_parents(base: Path, relative: str, lower: Path) -> None:
