@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
 import tarfile
 from pathlib import Path
 
@@ -65,6 +66,27 @@ def test_stage_switch_revert_and_idempotence(tmp_path: Path) -> None:
     reverted = ReleaseManager(request(root, "", "reverted"), check_mode=False).run()
     assert (reverted.current, reverted.previous) == ("v1", "v2")
     assert (root / "instances/catalog-1/current").resolve().name == "catalog-v1"
+
+
+def _stage_in_another_process(root: str, instance: str, package: str, sha256: str) -> bool:
+    req = ReleaseRequest(instance, "catalog", "v1", "current", Path(package), sha256, Path(root))
+    return ReleaseManager(req, check_mode=False).run().changed
+
+
+def test_colocated_instances_staging_the_same_release_at_once_both_succeed(tmp_path: Path) -> None:
+    """CI colocates instances on one node: they share releases/catalog-v1 and stage it together."""
+    root = tmp_path / "opt"
+    package = make_package(tmp_path / "v1.tgz", "v1")
+    sha = sha256_file(package)
+    instances = [f"catalog-{n}" for n in range(1, 9)]
+    with multiprocessing.get_context("fork").Pool(len(instances)) as pool:
+        changed = pool.starmap(
+            _stage_in_another_process, [(str(root), name, str(package), sha) for name in instances]
+        )
+    assert all(changed)  # each instance's current link was switched
+    assert [p.name for p in (root / "releases").iterdir()] == ["catalog-v1"]  # extracted once, no leftovers
+    for name in instances:
+        assert (root / "instances" / name / "current" / "app.py").read_text() == "print('hi')\n"
 
 
 def test_wrong_checksum_and_unsafe_members_are_refused(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils.common.fs import sha256_file
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import FileLock, sha256_file
 from ansible_collections.berth.fleet.plugins.module_utils.common.rules import VERSION_RE
 
 MARKER = ".berth-release.json"
@@ -156,13 +156,7 @@ class ReleaseManager:
 
     def _stage(self) -> None:
         request = self.request
-        marker = read_marker(request.release_dir)
-        if marker is not None:
-            if request.sha256 and marker.get("sha256") != request.sha256:
-                raise ReleaseError(
-                    f"{request.release_dir} holds {request.artifact} {request.version} with sha256 "
-                    f"{marker.get('sha256')}, not {request.sha256}: a version is immutable; build a new one"
-                )
+        if self._already_staged():
             return
         if request.package is None:
             raise ReleaseError(f"{request.artifact} {request.version} is not staged and no package was given")
@@ -174,10 +168,33 @@ class ReleaseManager:
                 f"artifact {request.package} has sha256 {actual}, expected {request.sha256}: "
                 "refusing to use it"
             )
-        self._record(f"extract {request.package.name} into {request.release_dir}")
         if self.check_mode:
+            self._record(f"extract {request.package.name} into {request.release_dir}")
             return
         request.release_dir.parent.mkdir(parents=True, exist_ok=True)
+        # Colocated instances share a node and its releases: the first to get here extracts, the
+        # others wait and find it staged (both renaming into place would fail "Directory not empty").
+        with FileLock(request.release_dir.parent, directory=True):
+            if self._already_staged():
+                return
+            self._record(f"extract {request.package.name} into {request.release_dir}")
+            self._extract(actual)
+
+    def _already_staged(self) -> bool:
+        request = self.request
+        marker = read_marker(request.release_dir)
+        if marker is None:
+            return False
+        if request.sha256 and marker.get("sha256") != request.sha256:
+            raise ReleaseError(
+                f"{request.release_dir} holds {request.artifact} {request.version} with sha256 "
+                f"{marker.get('sha256')}, not {request.sha256}: a version is immutable; build a new one"
+            )
+        return True
+
+    def _extract(self, sha256: str) -> None:
+        request = self.request
+        assert request.package is not None
         staging = Path(
             tempfile.mkdtemp(prefix=f".{request.release_dir.name}.", dir=request.release_dir.parent)
         )
@@ -187,7 +204,7 @@ class ReleaseManager:
             unpacked = list(staging.iterdir())
             # artifacts hold one top-level directory; its content is the release
             content = unpacked[0] if len(unpacked) == 1 and unpacked[0].is_dir() else staging
-            marker_data = {"artifact": request.artifact, "version": request.version, "sha256": actual}
+            marker_data = {"artifact": request.artifact, "version": request.version, "sha256": sha256}
             (content / MARKER).write_text(json.dumps(marker_data, sort_keys=True) + "\n")
             content.chmod(0o755)
             os.rename(content, request.release_dir)
