@@ -35,9 +35,17 @@ options:
     type: float
     default: 2
   timeout:
-    description: The progress deadline, in seconds.
+    description:
+      - The progress deadline, in seconds, for an instance that does not answer yet (still starting).
     type: float
     default: 60
+  fall:
+    description:
+      - Consecutive definite failures (an HTTP answer with another status than O(expect_status)) that
+        fail the gate at once, before the deadline. A connection that is refused or times out is not
+        a definite failure. V(0) waits for the deadline whatever the instance answers.
+    type: int
+    default: 3
 attributes:
   check_mode:
     support: full
@@ -97,6 +105,7 @@ def main():
             "interval": {"type": "float", "default": 0.25},
             "min_healthy_time": {"type": "float", "default": 2.0},
             "timeout": {"type": "float", "default": 60.0},
+            "fall": {"type": "int", "default": 3},
         },
         supports_check_mode=True,
     )

@@ -140,8 +140,32 @@ def test_gate_opens_after_rise_and_min_healthy_time() -> None:
 
 def test_gate_fails_at_the_deadline_with_what_it_saw() -> None:
     clock = FakeClock()
-    policy = GatePolicy("http://127.0.0.1:1/health", timeout=3)
+    policy = GatePolicy("http://127.0.0.1:1/health", timeout=3, fall=0)
     with pytest.raises(HealthGateError, match=r"not healthy within 3 s: last check HTTP 503"):
         wait_healthy(policy, probe=lambda url, timeout: (503, "HTTP 503"), clock=clock, sleep=clock.sleep)
     with pytest.raises(HealthGateError, match="rise must be >= 1"):
         wait_healthy(GatePolicy("http://x/", rise=0))
+
+
+def test_gate_fails_fast_on_definite_failures_and_waits_for_an_instance_still_starting() -> None:
+    clock = FakeClock()
+    policy = GatePolicy("http://127.0.0.1:1/health", timeout=90, interval=0.25, fall=3)
+    with pytest.raises(HealthGateError, match=r"answers HTTP 503 .* 3 times in a row after 0\.5 s"):
+        wait_healthy(policy, probe=lambda url, timeout: (503, "HTTP 503"), clock=clock, sleep=clock.sleep)
+    # refused connections (still starting) are not failures of the release: only the deadline ends them
+    clock = FakeClock()
+    answers = iter([None] * 20 + [503, 503, None, 503, 503] + [200] * 20)
+
+    def probe(url: str, timeout: float) -> tuple[int | None, str]:
+        status = next(answers)
+        return status, "no answer (refused)" if status is None else f"HTTP {status}"
+
+    outcome = wait_healthy(
+        GatePolicy("http://127.0.0.1:1/health", timeout=90, fall=3, min_healthy_time=0),
+        probe=probe,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert outcome.risen_after is not None and outcome.failures == 25
+    with pytest.raises(HealthGateError, match="fall must be >= 0"):
+        wait_healthy(GatePolicy("http://x/", fall=-1))

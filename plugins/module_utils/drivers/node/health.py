@@ -1,6 +1,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Health gate: an instance is healthy after `rise` consecutive passing checks and then
-`min_healthy_time` seconds without a failure, within a deadline. Stdlib only (runs on the node)."""
+`min_healthy_time` seconds without a failure, within a deadline. It fails fast: `fall` consecutive
+definite failures (the instance answers, with the wrong HTTP status) fail the gate at once; the
+deadline is for an instance that does not answer yet (still starting). Stdlib only (runs on the node)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class GatePolicy:
     min_healthy_time: float = 2.0
     timeout: float = 60.0
     request_timeout: float = 1.0
+    fall: int = 3  # 0: never fail before the deadline
 
     def validate(self) -> None:
         problems = []
@@ -38,6 +41,8 @@ class GatePolicy:
             problems.append(f"interval must be > 0 and <= 5 s, got {self.interval}")
         if self.min_healthy_time < 0:
             problems.append(f"min_healthy_time must be >= 0, got {self.min_healthy_time}")
+        if self.fall < 0:
+            problems.append(f"fall must be >= 0, got {self.fall}")
         if self.timeout <= 0:
             problems.append(f"timeout must be > 0, got {self.timeout}")
         if problems:
@@ -76,6 +81,7 @@ def wait_healthy(
     outcome = GateOutcome()
     start = clock()
     consecutive = 0
+    wrong_answers = 0  # in a row: the instance answers, and says it is not healthy
     healthy_since: float | None = None
     while True:
         status, description = probe(policy.url, policy.request_timeout)
@@ -83,6 +89,7 @@ def wait_healthy(
         outcome.checks += 1
         outcome.last = description
         if status == policy.expect_status:
+            wrong_answers = 0
             consecutive += 1
             if consecutive >= policy.rise and healthy_since is None:
                 healthy_since = now
@@ -98,6 +105,13 @@ def wait_healthy(
             outcome.failures += 1
             consecutive = 0
             healthy_since = None
+            wrong_answers = wrong_answers + 1 if status is not None else 0
+            if policy.fall and wrong_answers >= policy.fall:
+                raise HealthGateError(
+                    f"{policy.url} answers {description} (expected HTTP {policy.expect_status}) "
+                    f"{wrong_answers} times in a row after {round(now - start, 2)} s: the release is "
+                    f"unhealthy, not starting (fall {policy.fall}; {outcome.checks} checks)"
+                )
         if now - start >= policy.timeout:
             raise HealthGateError(
                 f"{policy.url} not healthy within {policy.timeout} s: last check {outcome.last} "
