@@ -48,9 +48,8 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import stable_mac
-from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import guest_seed
-from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import GuestImageError
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.domain import stable_mac
+from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import GuestImageError, guest_seed
 
 
 def vm_seed(

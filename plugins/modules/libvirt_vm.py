@@ -297,13 +297,13 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import (
-    DEFAULT_URI,
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.connection import DEFAULT_URI
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.domain import (
     DOMAIN_TYPES,
     VM_STATES,
-    LibvirtError,
     VmRequest,
 )
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.errors import LibvirtError
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.module import run_on_hypervisor
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.seed import PYCDLIB_IMPORT_ERROR
 

@@ -132,13 +132,13 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import (
-    DEFAULT_URI,
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.connection import DEFAULT_URI
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.errors import LibvirtError
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.module import run_on_hypervisor
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.storage import (
     VOLUME_FORMATS,
-    LibvirtError,
     VolumeSpec,
 )
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.module import run_on_hypervisor
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from lab import (
     run_playbook,
 )
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import stable_mac
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.domain import stable_mac
 from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
 
 pytestmark = [

@@ -23,30 +23,34 @@ from typing import Any, BinaryIO
 import libvirt
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import (
-    GIB,
-    MIB,
-    UPLOAD_CHUNK,
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.domain import VmRequest, stable_mac
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.domain_xml import (
     DomainPaths,
-    Hypervisor,
-    LibvirtError,
-    NetworkSpec,
-    PoolSpec,
-    VmRequest,
-    VolumeSpec,
     changed_fields,
+    meaningful,
+    merge_libvirt_assigned,
+    render_domain_xml,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.errors import LibvirtError
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import Hypervisor
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.network import (
+    NetworkSpec,
+    meaningful_network,
+    network_xml,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.storage import (
+    PoolSpec,
+    VolumeSpec,
     format_for,
     inspect_image,
-    meaningful,
-    meaningful_network,
-    merge_libvirt_assigned,
-    network_xml,
     parse_qcow2_header,
-    render_domain_xml,
-    stable_mac,
-    stream_upload,
     volume_xml,
 )
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.volumes import (
+    UPLOAD_CHUNK,
+    stream_upload,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.xmlutil import GIB, MIB
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "-----BEGIN OPENSSH PRIVATE KEY-----SECRET"

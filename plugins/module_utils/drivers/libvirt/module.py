@@ -9,12 +9,12 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import (
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.changes import Outcome
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.errors import (
     LIBVIRT_IMPORT_ERROR,
-    Hypervisor,
     LibvirtError,
-    Outcome,
 )
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.hypervisor import Hypervisor
 
 
 def run_on_hypervisor(module: AnsibleModule, action: Callable[[Hypervisor], Outcome]) -> None:
