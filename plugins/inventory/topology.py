@@ -102,7 +102,8 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.inventory import
     build_inventory,
     load_placement,
 )
-from ansible_collections.berth.fleet.plugins.module_utils.model.spec import SpecError
+from ansible_collections.berth.fleet.plugins.module_utils.model.source import read_as_written
+from ansible_collections.berth.fleet.plugins.module_utils.model.topology import SpecError
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
@@ -115,7 +116,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         super().parse(inventory, loader, path, cache)
         raw = self._load_spec(path)
         try:
-            placement = load_placement(raw, path)
+            # re-read strictly: Ansible's loader keeps the last of two equal keys, and made 1.10 a number
+            placement = load_placement(raw, path, read_as_written(path))
         except SpecError as exc:
             raise AnsibleParserError(str(exc), orig_exc=exc) from exc
         # the spec is validated: only now are the constructed options read from it

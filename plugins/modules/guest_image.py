@@ -115,10 +115,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import (
     GuestImageBuilder,
+    GuestImageError,
     GuestSpec,
     volume_names,
 )
-from ansible_collections.berth.fleet.plugins.module_utils.local.guestimage import GuestImageError
 
 
 def main() -> None:

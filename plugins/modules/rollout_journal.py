@@ -4,7 +4,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: rollout_journal
-short_description: The rollout journal of a service - its states, and the version rollback or reconcile goes to
+short_description: A service's rollout journal - its states, and the version rollback or reconcile picks
 version_added: 0.3.0
 author:
   - Berth maintainers (@berth)

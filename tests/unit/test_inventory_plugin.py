@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from inventory_json import inventory_list
+from inventory_json import inventory_list, plain
 from specs import spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -227,3 +228,28 @@ def test_domain_nodes_are_the_vms_and_in_a_lab_the_domains_playing_bare_metal() 
     groups = {"substrate_vm": ["vm-1"], "substrate_metal": ["bm-1"], "substrate_local": ["ct-1"]}
     assert [n["name"] for n in domain_nodes(hostvars, groups, "berth-lab")] == ["n-vm", "n-bm"]
     assert [n["name"] for n in domain_nodes(hostvars, groups, "")] == ["n-vm"]
+
+
+def test_a_service_with_no_instances_takes_any_max_unavailable(tmp_path: Path) -> None:
+    """0 instances (declared, not running here) with a percentage or a count: nothing to take down."""
+    raw = spec(
+        **{
+            "environment.max_unavailable": "25%",
+            "environment.services.catalog": {"instances": 0},
+            "environment.services.orders": {"instances": 0, "max_unavailable": 2},
+        }
+    )
+    path = tmp_path / "idle.berth.yml"
+    path.write_text(yaml.safe_dump(raw))
+    assert hosts_of(inventory(path), "instances") == []
+    exported = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(path), "--list", "--export"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    ).stdout
+    data = json.loads(exported, object_hook=plain)  # --export keeps the vars of a group with no hosts
+    for service in ("catalog", "orders"):
+        descriptor = data[f"svc_{service}"]["vars"]["berth_service_spec"]
+        assert (descriptor["instances"], descriptor["max_unavailable"]) == (0, 0)

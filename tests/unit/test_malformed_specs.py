@@ -263,6 +263,121 @@ CORPUS: dict[str, tuple[Any, str]] = {
         "estate.lab_namespace: expected a network namespace name (letters, digits, '.', '_', '-'), got 'berth lab'",
     ),
     "version-missing": ({"services.catalog.version": DELETE}, "services.catalog.version: is required"),
+    # --- the classes of holes a new user's corpus found (each accepted a spec that broke later)
+    # every generated name against every other name and the built-in groups
+    "lb-named-like-an-instance": (
+        {"estate.datacenters.dc1.loadbalancers": {"catalog-1": {"address": "10.90.1.2"}}},
+        "estate.datacenters.dc1.loadbalancers.catalog-1: expected a name no other inventory host or group has: "
+        "'catalog-1', the inventory host of a load balancer, is also the inventory host of instance 1 of service "
+        "catalog (services.catalog)",
+    ),
+    "lb-named-like-a-builtin-group": (
+        {"estate.datacenters.dc1.loadbalancers": {"lb": {"address": "10.90.1.2"}}},
+        "estate.datacenters.dc1.loadbalancers.lb: expected a name no other inventory host or group has: 'lb', the "
+        "inventory host of a load balancer, is also the inventory group of every load balancer",
+    ),
+    "metal-host-named-like-a-node": (
+        {"estate.datacenters.dc1.metal": {"test-orders-1": dict(METAL, address="10.90.1.10")}},
+        "estate.datacenters.dc1.metal.test-orders-1: expected a name no other node has: 'test-orders-1', the "
+        "bare-metal host test-orders-1, is also the node of orders-1, named <env>-<service>-<n> (services.orders)",
+    ),
+    # every derived value checked where it is derived
+    "node-name-longer-than-a-dns-label": (
+        {
+            "environment.name": "the-environment-name-is-32-chars",
+            "services.catalog": DELETE,
+            "services.catalog-service-name-is-32-chars": spec()["services"]["catalog"],
+            "environment.services.catalog": DELETE,
+            "environment.services.catalog-service-name-is-32-chars": {"instances": 4},
+        },
+        "services.catalog-service-name-is-32-chars: expected a shorter name: the node of "
+        "catalog-service-name-is-32-chars-1, named <env>-<service>-<n>, "
+        "'the-environment-name-is-32-chars-catalog-service-name-is-32-chars-1' is 67 characters: a node name is one "
+        "DNS label of at most 63",
+    ),
+    "libvirt-network-name-too-long": (
+        {
+            "environment.name": "the-environment-name-is-32-chars",
+            "estate.datacenters.dc2": DELETE,
+            "estate.datacenters.datacenter-name-of-32-characters": spec()["estate"]["datacenters"]["dc2"],
+        },
+        "estate.datacenters.datacenter-name-of-32-characters: expected a shorter datacenter or environment name: "
+        "the libvirt network of this datacenter (berth-<environment>-<datacenter>), "
+        "'berth-the-environment-name-is-32-chars-datacenter-name-of-32-characters' must be 1-63",
+    ),
+    "colocated-port-past-65535": (
+        {
+            "environment.colocation": True,
+            "estate.datacenters.dc2": DELETE,
+            "estate.datacenters.dc1.hypervisors.hv-b": DELETE,
+            "services.catalog.port": 65534,
+        },
+        "services.catalog.port: catalog-3 would listen on test-hv-a:65536, past 65535 (colocated instances of a "
+        "service take consecutive ports from its base port, here 4): expected a base port of at most 65532",
+    ),
+    # one name and version rule (common.rules) for the spec, the preflights and the drivers
+    "version-with-a-space": (
+        {"services.catalog.version": "v1 beta"},
+        "services.catalog.version: expected a version such as v2, 1.4.0 or 2.0.0-rc1",
+    ),
+    "version-not-a-string": (
+        {"services.catalog.version": 2},
+        "services.catalog.version: expected a version as a string: YAML read the unquoted 2 as integer 2; quote "
+        "it: version: '2'",
+    ),
+    "artifact-is-a-path": (
+        {"services.catalog.artifact": "../../tmp/evil"},
+        "services.catalog.artifact: expected a name of lowercase letters, digits and '-' (max 32, starting with a "
+        "letter), got '../../tmp/evil'",
+    ),
+    "bridge-reserved-name": (
+        {"estate.datacenters.dc1.hypervisors.hv-a.bridge": "all"},
+        "estate.datacenters.dc1.hypervisors.hv-a.bridge: expected a Linux bridge name (at most 15 letters, digits, "
+        "'.', '_' or '-'; not lo, all or default), got 'all'",
+    ),
+    # one clear message, with a did-you-mean where a name was mistyped
+    "plugin-mistyped": (
+        {"plugin": "berth.fleet.topolgy"},
+        "plugin: expected one of berth.fleet.topology, got 'berth.fleet.topolgy'; did you mean "
+        "'berth.fleet.topology'?",
+    ),
+    "plugin-missing": ({"plugin": DELETE}, "plugin: is required"),
+    "port-is-a-boolean": (
+        {"services.catalog.port": True},
+        "services.catalog.port: expected an integer, got boolean True",
+    ),
+    "lb-machine-mistyped": (
+        {"estate.datacenters.dc1.loadbalancers.lb-dc1.machine": "hv-aa"},
+        "estate.datacenters.dc1.loadbalancers.lb-dc1.machine: expected a hypervisor or local machine of "
+        "datacenter dc1 (hv-a, hv-b), got 'hv-aa'; did you mean 'hv-a'?",
+    ),
+    "capacity-summarised": (
+        {"services.orders.resources.vcpus": 8},
+        "environment.services.catalog.instances: cannot place catalog-3 (needs 1 vCPU / 512 MiB on a hypervisor) "
+        "within spread max_skew 1 (instances per datacenter so far: dc1: 1, dc2: 1); available: dc1: 2 "
+        "hypervisor(s), 1 already run catalog, the roomiest of the others: hv-b 0/8 vCPU 7680/8192 MiB free; dc2: "
+        "2 hypervisor(s), 1 already run catalog, the roomiest of the others: hv-d 0/8 vCPU 7680/8192 MiB free",
+    ),
+}
+
+# What YAML shows only as written, so these edit the text of the dumped base spec:
+# id -> ((text of the base spec, what to write instead, first occurrence only), expected message)
+TEXT_CORPUS: dict[str, tuple[tuple[str, str], str]] = {
+    "version-read-as-a-number": (
+        ("version: v1", "version: 1.10"),
+        "services.catalog.version: expected a version as a string: YAML read the unquoted 1.10 as number 1.1; "
+        "quote it: version: '1.10'",
+    ),
+    "version-read-as-octal": (
+        ("version: v1", "version: 010"),
+        "services.catalog.version: expected a version as a string: YAML read the unquoted 010 as integer 8; "
+        "quote it: version: '010'",
+    ),
+    "duplicate-key": (
+        ("  orders:\n", "  catalog:\n    artifact: catalog\n  orders:\n"),
+        "services.catalog: duplicate key: defined at line 42 and again at line 53 (YAML keeps only the last, so "
+        "the first would be dropped without a word): expected each key once",
+    ),
 }
 
 
@@ -295,6 +410,20 @@ def test_malformed_spec_fails_with_one_clear_message(case: str, tmp_path: Path) 
     changes, expected = CORPUS[case]
     path = tmp_path / f"{case}.berth.yml"
     path.write_text(yaml.safe_dump(materialise(changes), sort_keys=False))
+    assert_refused(path, expected)
+
+
+@pytest.mark.parametrize("case", sorted(TEXT_CORPUS))
+def test_spec_text_fails_with_one_clear_message(case: str, tmp_path: Path) -> None:
+    (old, new), expected = TEXT_CORPUS[case]
+    base = yaml.safe_dump(spec(), sort_keys=False)
+    assert old in base
+    path = tmp_path / f"{case}.berth.yml"
+    path.write_text(base.replace(old, new, 1))
+    assert_refused(path, expected)
+
+
+def assert_refused(path: Path, expected: str) -> None:
     result = subprocess.run(
         [ANSIBLE_INVENTORY, "-i", str(path), "--list"], capture_output=True, text=True, cwd=ROOT, check=False
     )
@@ -304,3 +433,28 @@ def test_malformed_spec_fails_with_one_clear_message(case: str, tmp_path: Path) 
     # one parser, one message (no fallback parsers adding their own complaints)
     assert output.count("Failed to parse inventory with") == 2, output
     assert SECRET not in output
+
+
+def test_a_capacity_refusal_stays_one_line_however_large_the_datacenter() -> None:
+    """40 machines, all taken: the refusal counts them and shows the roomiest, not every one."""
+    from ansible_collections.berth.fleet.plugins.module_utils.model.placement import place
+    from ansible_collections.berth.fleet.plugins.module_utils.model.spec import parse_topology
+    from ansible_collections.berth.fleet.plugins.module_utils.model.topology import SpecError
+
+    small = dict(HV, capacity={"vcpus": 2, "memory_mib": 8192})
+    raw = spec(
+        **{
+            "estate.datacenters.dc1.hypervisors": {f"hv-{n}": small for n in range(40)},
+            "estate.datacenters.dc2": DELETE,
+            "services.catalog.resources.vcpus": 2,
+            "environment.services": {"catalog": {"instances": 40}, "orders": {"instances": 1}},
+        }
+    )
+    with pytest.raises(SpecError) as refused:
+        place(parse_topology(raw, "big.berth.yml"))
+    message = str(refused.value)
+    assert (
+        "available: dc1: 40 hypervisor(s), 39 already run catalog, the roomiest of the others: hv-1 1/2 vCPU"
+        in (message)
+    )
+    assert len(message) < 400, message

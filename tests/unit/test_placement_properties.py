@@ -8,20 +8,23 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from specs import DELETE, spec
 
-from ansible_collections.berth.fleet.plugins.module_utils.model.placement import Placement, place
-from ansible_collections.berth.fleet.plugins.module_utils.model.spec import (
-    SpecError,
-    Topology,
-    parse_topology,
-)
+from ansible_collections.berth.fleet.plugins.module_utils.model.placement import place
+from ansible_collections.berth.fleet.plugins.module_utils.model.spec import parse_topology
+from ansible_collections.berth.fleet.plugins.module_utils.model.topology import Placement, SpecError, Topology
 
 SECTION = {"vm": "hypervisors", "metal": "metal", "local": "local"}
 
 
+AMPLE = {"vcpus": 4096, "memory_mib": 1 << 24}  # room for every instance of every service at once
+
+
 @st.composite
-def raw_specs(draw: st.DrawFn) -> dict[str, Any]:
-    substrates = draw(st.lists(st.sampled_from(["vm", "metal", "local"]), min_size=1, max_size=3))
+def raw_specs(draw: st.DrawFn, ample: bool = False) -> dict[str, Any]:
+    """Random specs; `ample`: VM and local machines only, each with room for everything."""
+    kinds = ["vm", "local"] if ample else ["vm", "metal", "local"]
+    substrates = draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=3))
     datacenters: dict[str, Any] = {}
     for dc_index in range(draw(st.integers(1, 3))):
         dc: dict[str, Any] = {
@@ -29,7 +32,11 @@ def raw_specs(draw: st.DrawFn) -> dict[str, Any]:
         }
         for m_index in range(draw(st.integers(1, 6))):
             kind = draw(st.sampled_from(sorted(set(substrates))))
-            size = {"vcpus": draw(st.integers(2, 32)), "memory_mib": draw(st.integers(2048, 32768))}
+            size = (
+                AMPLE
+                if ample
+                else {"vcpus": draw(st.integers(2, 32)), "memory_mib": draw(st.integers(2048, 32768))}
+            )
             name = f"m{dc_index}-{m_index}"
             if kind == "vm":
                 body: dict[str, Any] = {"uri": "qemu:///system", "capacity": size, "bridge": "br0"}
@@ -57,6 +64,7 @@ def raw_specs(draw: st.DrawFn) -> dict[str, Any]:
         }
         policies[name] = {"instances": draw(st.integers(0, 6))}
     return {
+        "plugin": "berth.fleet.topology",
         "estate": {"datacenters": datacenters},
         "services": services,
         "environment": {
@@ -154,6 +162,59 @@ def test_scaling_keeps_lower_ordinals_in_place(raw: dict[str, Any], data: st.Dat
     assert {i.ordinal for i in after[1].of_service(service)} == set(range(1, new_count + 1))
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw_specs(ample=True), st.data())
+def test_with_ample_capacity_scaling_a_service_moves_no_other_service(
+    raw: dict[str, Any], data: st.DataObject
+) -> None:
+    """docs/placement.md: with room everywhere, every instance of every other service stays put.
+
+    (Greedy placement by overall load broke it: scaling the first service up gave its new instance
+    the emptiest machine, and a later service's instance that used to go there moved.)
+    """
+    assume(len(raw["services"]) >= 2)
+    before = try_place(raw)
+    assume(before is not None)
+    assert before is not None
+    service = data.draw(st.sampled_from(sorted(raw["services"])))
+    old_count = raw["environment"]["services"][service]["instances"]
+    raw["environment"]["services"][service]["instances"] = data.draw(st.integers(0, 8))
+    after = try_place(raw)
+    assume(after is not None)
+    assert after is not None
+    new = {i.name: i for i in after[1].instances}
+    for instance in before[1].instances:
+        if instance.service != service:
+            assert new[instance.name] == instance, f"{instance.name} moved when {service} was scaled"
+        elif instance.ordinal <= min(old_count, len(after[1].of_service(service))):
+            assert new[instance.name] == instance, instance.name
+
+
+@pytest.mark.parametrize(("first", "then"), [(0, 1), (1, 2)])
+def test_scaling_the_first_service_up_leaves_the_second_where_it_was(first: int, then: int) -> None:
+    """The counterexamples, by hand: two services on three roomy machines of one datacenter.
+
+    Placing by overall load, catalog 0 -> 1 moved orders-1 (catalog-1 took the machine it had) and
+    catalog 1 -> 2 moved orders-2.
+    """
+    machine = {"uri": "qemu:///system", "capacity": AMPLE, "bridge": "br0"}
+
+    def placed(catalog: int) -> dict[str, tuple[str, Any]]:
+        raw = spec(
+            **{
+                "estate.datacenters.dc1.hypervisors": {f"hv-{n}": machine for n in "abc"},
+                "estate.datacenters.dc2": DELETE,
+                "environment.services": {"catalog": {"instances": catalog}, "orders": {"instances": 2}},
+            }
+        )
+        return {i.name: (i.machine, i.address) for i in place(parse_topology(raw, "t.berth.yml")).instances}
+
+    before, after = placed(first), placed(then)
+    assert {name: before[name] for name in ("orders-1", "orders-2")} == {
+        name: after[name] for name in ("orders-1", "orders-2")
+    }
+
+
 @settings(max_examples=100, deadline=None)
 @given(raw_specs())
 def test_placement_is_deterministic(raw: dict[str, Any]) -> None:
@@ -165,8 +226,6 @@ def test_placement_is_deterministic(raw: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("extra", [1, 2])
 def test_scale_up_from_four_keeps_the_first_four(extra: int) -> None:
-    from specs import spec
-
     more = {"uri": "qemu:///system", "capacity": {"vcpus": 8, "memory_mib": 8192}, "bridge": "br0"}
     roomy = {"estate.datacenters.dc1.hypervisors.hv-e": more, "estate.datacenters.dc2.hypervisors.hv-f": more}
     before = place(parse_topology(spec(**roomy), "t.berth.yml")).of_service("catalog")

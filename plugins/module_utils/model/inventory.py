@@ -7,26 +7,30 @@ Kept free of Ansible's inventory classes so it is unit-testable and so the inven
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils.model import statedir
-from ansible_collections.berth.fleet.plugins.module_utils.model.placement import Instance, Placement, place
-from ansible_collections.berth.fleet.plugins.module_utils.model.spec import (
+from ansible_collections.berth.fleet.plugins.module_utils.model.names import (
+    group_name,
+    instance_groups,
+    lb_groups,
+    lb_node,
+    lb_substrate,
+    libvirt_network,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.model.placement import place
+from ansible_collections.berth.fleet.plugins.module_utils.model.source import AsWritten
+from ansible_collections.berth.fleet.plugins.module_utils.model.spec import parse_topology
+from ansible_collections.berth.fleet.plugins.module_utils.model.topology import (
+    Instance,
     Machine,
+    Placement,
     Topology,
     VirtSettings,
-    parse_topology,
 )
 
-_UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9_]")
 DEFAULT_STATE_DIR = "/var/lib/berth"
-
-
-def group_name(prefix: str, name: str) -> str:
-    """A valid Ansible group name: `dc-1` under prefix `dc` becomes `dc_dc_1`."""
-    return f"{prefix}_{_UNSAFE_GROUP_CHARS.sub('_', name)}"
 
 
 @dataclass
@@ -46,9 +50,9 @@ class InventoryData:
             self.groups.setdefault(group, []).append(host)
 
 
-def load_placement(raw: Any, source: str) -> Placement:
-    """Validate the raw spec and place it; raises SpecError."""
-    return place(parse_topology(raw, source))
+def load_placement(raw: Any, source: str, written: AsWritten | None = None) -> Placement:
+    """Validate the raw spec and place it (every derived name checked); raises SpecError."""
+    return place(parse_topology(raw, source, written))
 
 
 def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) -> InventoryData:
@@ -67,40 +71,25 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
     # a service's descriptor sits on its group, so each host carries only its own service's
     for service_name, descriptor in _services(topology).items():
         data.group_vars[group_name("svc", service_name)] = {"berth_service_spec": descriptor}
-    env_group = group_name("env", topology.environment)
-    machines = {m.name: m for m in topology.machines}
     for instance in placement.instances:
-        machine = machines[instance.machine]
+        machine = topology.machine(instance.machine)
         data.add(
-            instance.name,
-            _instance_vars(topology, instance, machine),
-            [
-                env_group,
-                "instances",
-                group_name("svc", instance.service),
-                group_name("dc", instance.dc),
-                group_name("machine", instance.machine),
-                group_name("substrate", topology.service(instance.service).substrate),
-            ],
+            instance.name, _instance_vars(topology, instance, machine), instance_groups(topology, instance)
         )
     for lb in placement.loadbalancers():
-        carrier = machines.get(lb.machine)
-        substrate = {"hypervisor": "vm", "local": "local"}[carrier.kind] if carrier else "existing"
+        carrier = topology.carrier(lb)
         host_vars: dict[str, Any] = {
             "ansible_host": str(lb.address),
             "berth_role": "lb",
             "berth_dc": lb.dc,
             "berth_address": str(lb.address),
             "berth_machine": lb.machine,
-            "berth_substrate": substrate,
-            "berth_node": placement.node_name(lb.name) if carrier else lb.name,
+            "berth_substrate": lb_substrate(topology, lb),
+            "berth_node": lb_node(topology, lb),
         }
         if carrier is not None and carrier.virt is not None:
             host_vars["berth_hypervisor"] = _hypervisor_vars(topology, carrier, carrier.virt)
-        groups = [env_group, "lb", group_name("lb", lb.dc), group_name("dc", lb.dc)]
-        if carrier:
-            groups += [group_name("machine", lb.machine), group_name("substrate", substrate)]
-        data.add(lb.name, host_vars, groups)
+        data.add(lb.name, host_vars, lb_groups(topology, lb))
     if topology.lab_namespace:
         for host_vars in data.hosts.values():
             host_vars.update(_lab_connection(topology, state_dir, host_vars["berth_dc"]))
@@ -189,7 +178,7 @@ def _hypervisor_vars(topology: Topology, machine: Machine, virt: VirtSettings) -
         "pool_path": virt.pool_path,
         "bridge": virt.bridge or statedir.bridge_name(machine.dc),
         # one libvirt network per environment and DC on each hypervisor, in bridge mode onto `bridge`
-        "network": f"berth-{topology.environment}-{machine.dc}",
+        "network": libvirt_network(topology, machine.dc),
     }
 
 
@@ -203,7 +192,7 @@ def _lab_metal_emulation(topology: Topology, machine: Machine) -> dict[str, Any]
         "pool": f"berth-{env}",
         "pool_path": f"/var/lib/berth/pools/{env}",
         "bridge": statedir.bridge_name(machine.dc),
-        "network": f"berth-{env}-{machine.dc}",
+        "network": libvirt_network(topology, machine.dc),
         "emulates": "metal",
     }
 

@@ -11,9 +11,11 @@ Rules (see docs/placement.md):
   colocation); a bare-metal host carries exactly one instance;
 * capacity (vCPU, MiB) is respected;
 * deterministic and stable: instances are placed in the order (ordinal, service), so an
-  instance's placement depends only on instances with a lower ordinal or an earlier service.
-  Scaling a service from 4 to 6 keeps instances 1-4 where they were; scaling down removes the
-  highest ordinals;
+  instance's placement depends only on instances with a lower ordinal or an earlier service; and
+  each service walks a datacenter's machines in its own rotation (starting at its declaration
+  index), never by the load other services put on them, so while capacity is ample scaling a
+  service moves no instance of another. Scaling a service from 4 to 6 keeps instances 1-4 where
+  they were; scaling down removes the highest ordinals;
 * addresses come from the datacenter's pool: each service owns a block of ``block_size``
   addresses (blocks in service declaration order) and an instance takes the slot of its rank
   among the service's instances in that datacenter, so scaling never renumbers anyone.
@@ -21,54 +23,26 @@ Rules (see docs/placement.md):
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ansible_collections.berth.fleet.plugins.module_utils.model.spec import (
+from ansible_collections.berth.fleet.plugins.module_utils.model.names import check_generated_names, node_name
+from ansible_collections.berth.fleet.plugins.module_utils.model.topology import (
     KIND_FOR_SUBSTRATE,
     Datacenter,
-    LoadBalancer,
+    Instance,
     Machine,
+    Placement,
     Resources,
     Service,
     SpecError,
     Topology,
+    some,
 )
 
-
-@dataclass(frozen=True)
-class Instance:
-    service: str
-    ordinal: int  # 1-based, stable: catalog-3 is always the third instance of catalog
-    dc: str
-    machine: str
-    machine_kind: str
-    node: str  # the VM / nspawn machine / metal host that runs it
-    address: ipaddress.IPv4Address
-    port: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.service}-{self.ordinal}"
-
-
-@dataclass(frozen=True)
-class Placement:
-    topology: Topology
-    instances: tuple[Instance, ...]
-
-    def of_service(self, service: str) -> tuple[Instance, ...]:
-        return tuple(i for i in self.instances if i.service == service)
-
-    def loadbalancers(self) -> Iterator[LoadBalancer]:
-        for dc in self.topology.datacenters:
-            yield from dc.loadbalancers
-
-    def node_name(self, name: str) -> str:
-        return f"{self.topology.environment}-{name}"
+MAX_PORT = 65535
 
 
 @dataclass
@@ -87,15 +61,19 @@ class _MachineState:
             and self.used_memory_mib + need.memory_mib <= capacity.memory_mib
         )
 
-    def load_key(self) -> tuple[int, float, int]:
-        """Least loaded first: fewest instances, then lowest memory use, then declaration order."""
-        return (self.total, self.used_memory_mib / self.machine.capacity.memory_mib, self.index_in_dc)
-
     def take(self, service: Service) -> None:
         self.used_vcpus += service.resources.vcpus
         self.used_memory_mib += service.resources.memory_mib
         self.total += 1
         self.per_service[service.name] += 1
+
+    def room(self, need: Resources) -> float:
+        """How many more such instances would fit (the closest to fitting, when none does)."""
+        capacity = self.machine.capacity
+        return min(
+            (capacity.vcpus - self.used_vcpus) / need.vcpus,
+            (capacity.memory_mib - self.used_memory_mib) / need.memory_mib,
+        )
 
     def free(self) -> str:
         capacity = self.machine.capacity
@@ -106,34 +84,40 @@ class _MachineState:
 
 
 class _Shelf:
-    """The machines of one kind in one datacenter, kept in load order (a heap with lazy updates).
+    """The machines of one kind in one datacenter, which each service walks in its own rotation.
 
-    Choosing a machine costs the few machines skipped on the way (full ones, or ones that already
-    run the service) instead of a scan of the whole datacenter: 10,000 machines place in seconds.
+    Service number *i* (declaration order) starts at machine *i* and goes round. Its choice never
+    looks at the load other services put on a machine, only at whether the machine can take it,
+    so with room everywhere scaling one service moves no instance of another. A cursor per service
+    steps past, for good, the machines that can never take it again (use only grows, and without
+    colocation a machine that runs the service is done with it): choosing a machine costs the
+    machines skipped, not a scan of the datacenter, so 10,000 machines place in seconds.
     """
 
     def __init__(self, states: list[_MachineState]) -> None:
         self.states = states
-        self.heap = [(s.load_key(), s) for s in states]
-        heapq.heapify(self.heap)
+        self.steps: Counter[str] = Counter()  # service -> machines of its rotation stepped past
 
-    def choose(self, eligible: Callable[[_MachineState], bool]) -> _MachineState | None:
-        skipped = []
-        chosen = None
-        while self.heap:
-            key, state = heapq.heappop(self.heap)
-            if key != state.load_key():
-                continue  # stale entry: the machine was re-queued with its new load
+    def rotation(self, offset: int) -> list[_MachineState]:
+        cut = offset % len(self.states) if self.states else 0
+        return self.states[cut:] + self.states[:cut]
+
+    def walk(
+        self, service: Service, offset: int, eligible: Callable[[_MachineState], bool]
+    ) -> _MachineState | None:
+        """The first machine of the service's rotation that can take it (eligibility never returns)."""
+        count = len(self.states)
+        while self.steps[service.name] < count:
+            state = self.states[(offset + self.steps[service.name]) % count]
             if eligible(state):
-                chosen = state
-                break
-            skipped.append((key, state))
-        for item in skipped:
-            heapq.heappush(self.heap, item)
-        return chosen
+                return state
+            self.steps[service.name] += 1
+        return None
 
-    def requeue(self, state: _MachineState) -> None:
-        heapq.heappush(self.heap, (state.load_key(), state))
+    def least_of(self, service: Service, offset: int) -> _MachineState | None:
+        """Colocation: the machine with the fewest instances of the service, then rotation order."""
+        candidates = [s for s in self.rotation(offset) if s.fits(service.resources)]
+        return min(candidates, key=lambda s: s.per_service[service.name], default=None)
 
 
 class _Placer:
@@ -149,6 +133,8 @@ class _Placer:
         self.by_kind: dict[str, list[Machine]] = defaultdict(list)
         for machine in topology.machines:
             self.by_kind[machine.kind].append(machine)
+        self.offset = {s.name: index for index, s in enumerate(topology.services)}
+        self.declared = {dc.name: index for index, dc in enumerate(topology.datacenters)}
 
     def fail(self, service: str, expected: str) -> SpecError:
         return SpecError(self.topology.source, f"environment.services.{service}.instances", expected)
@@ -170,7 +156,7 @@ class _Placer:
             raise self.fail(
                 service.name,
                 f"each instance needs {service.resources.vcpus} vCPU / {service.resources.memory_mib} MiB; "
-                f"no {kind} machine is that large ({', '.join(m.name for m in eligible)})",
+                f"no {kind} machine is that large ({some([m.name for m in eligible])})",
             )
         one_per_machine = kind == "metal" or not self.topology.colocation
         if one_per_machine and count > usable:
@@ -192,8 +178,7 @@ class _Placer:
     def place(self, service: Service, ordinal: int) -> tuple[str, _MachineState]:
         kind = KIND_FOR_SUBSTRATE[service.substrate]
         counts = self.per_dc[service.name]
-        declared = {dc.name: index for index, dc in enumerate(self.topology.datacenters)}
-        dc_order = sorted(self.topology.datacenters, key=lambda dc: (counts[dc.name], declared[dc.name]))
+        dc_order = sorted(self.topology.datacenters, key=lambda dc: (counts[dc.name], self.declared[dc.name]))
         skipped: list[str] = []
         for dc in dc_order:
             after = Counter(counts)
@@ -210,7 +195,6 @@ class _Placer:
                 continue
             counts[dc.name] += 1
             chosen.take(service)
-            self.shelves[(dc.name, kind)].requeue(chosen)
             return dc.name, chosen
         spread = ", ".join(f"{d.name}: {counts[d.name]}" for d in self.topology.datacenters)
         raise self.fail(
@@ -224,22 +208,33 @@ class _Placer:
 
     def _choose(self, dc_name: str, service: Service, kind: str) -> _MachineState | None:
         shelf = self.shelves[(dc_name, kind)]
-        if kind != "metal" and self.topology.colocation:
-            # colocated environments are small: prefer the machine with fewest of this service
-            candidates = [s for s in shelf.states if s.fits(service.resources)]
-            return min(candidates, key=lambda s: (s.per_service[service.name], s.load_key()), default=None)
+        offset = self.offset[service.name]
         if kind == "metal":
-            return shelf.choose(lambda s: s.total == 0 and s.fits(service.resources))
-        return shelf.choose(lambda s: s.per_service[service.name] == 0 and s.fits(service.resources))
+            return shelf.walk(service, offset, lambda s: s.total == 0 and s.fits(service.resources))
+        if self.topology.colocation:
+            return shelf.least_of(service, offset)
+        return shelf.walk(
+            service, offset, lambda s: s.per_service[service.name] == 0 and s.fits(service.resources)
+        )
 
     def _why_full(self, dc: Datacenter, service: Service, kind: str) -> str:
+        """One line per datacenter however large: how many machines, why none fits, the roomiest."""
         states = self.shelves[(dc.name, kind)].states
         if not states:
             return f"{dc.name} has no {kind}"
-        return f"{dc.name}: " + ", ".join(
-            s.free() + (f" (already runs {service.name})" if s.per_service[service.name] else "")
-            for s in states
-        )
+        if kind == "metal":
+            reason, taken = "already carry an instance", [bool(s.total) for s in states]
+        else:
+            reason = f"already run {service.name}"
+            taken = [not self.topology.colocation and bool(s.per_service[service.name]) for s in states]
+        others = [s for s, busy in zip(states, taken, strict=True) if not busy]
+        summary = f"{dc.name}: {len(states)} {kind}(s)"
+        if len(others) < len(states):
+            summary += f", {len(states) - len(others)} {reason}"
+        if not others:
+            return summary
+        roomiest = max(others, key=lambda s: s.room(service.resources))
+        return f"{summary}, the roomiest of the others: {roomiest.free()}"
 
 
 def _fits(capacity: Resources, need: Resources) -> bool:
@@ -258,7 +253,9 @@ def place(topology: Topology) -> Placement:
             if ordinal <= counts[service.name]:
                 dc_name, state = placer.place(service, ordinal)
                 chosen.append((service, ordinal, dc_name, state))
-    return Placement(topology, tuple(_realise(topology, chosen)))
+    placement = Placement(topology, tuple(_realise(topology, chosen)))
+    check_generated_names(placement)
+    return placement
 
 
 def _realise(topology: Topology, chosen: list[tuple[Service, int, str, _MachineState]]) -> list[Instance]:
@@ -275,7 +272,7 @@ def _realise(topology: Topology, chosen: list[tuple[Service, int, str, _MachineS
         if machine.address is not None:  # bare metal: the host is the node
             node, address = machine.name, machine.address
         elif topology.colocation:
-            node = f"{topology.environment}-{machine.name}"
+            node = node_name(topology, machine.name)
             address = _slot(topology, dc, state.index_in_dc, f"machine {machine.name}")
         else:
             rank = rank_in_dc[(service.name, dc_name)]
@@ -287,12 +284,21 @@ def _realise(topology: Topology, chosen: list[tuple[Service, int, str, _MachineS
                     f"service {service.name} needs more than {dc.pool.block_size} addresses in {dc_name}: "
                     "expected a larger block_size",
                 )
-            node = f"{topology.environment}-{name}"
+            node = node_name(topology, name)
             address = _slot(
                 topology, dc, service_index[service.name] * dc.pool.block_size + rank, f"instance {name}"
             )
         port = service.port + rank_on_node[(service.name, node)]
         rank_on_node[(service.name, node)] += 1
+        if port > MAX_PORT:
+            sharing = sum(1 for c in chosen if c[0] is service and c[3] is state)
+            raise SpecError(
+                topology.source,
+                f"services.{service.name}.port",
+                f"{name} would listen on {node}:{port}, past {MAX_PORT} (colocated instances of a service "
+                f"take consecutive ports from its base port, here {sharing}): expected a base port of at "
+                f"most {MAX_PORT - sharing + 1}",
+            )
         if (node, port) in ports_on_node:
             raise SpecError(
                 topology.source,

@@ -1,0 +1,233 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The topology spec as a typed model: frozen dataclasses, and the error every refusal raises.
+
+`spec.py` builds a :class:`Topology` from the raw YAML and `checks.py` holds the rules that span
+entries; `placement.py` turns it into a :class:`Placement` and `inventory.py` only reads these.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+SUBSTRATES = ("vm", "metal", "local")
+MachineKind = Literal["hypervisor", "metal", "local"]
+# which machine kind carries which substrate
+KIND_FOR_SUBSTRATE: dict[str, MachineKind] = {"vm": "hypervisor", "metal": "metal", "local": "local"}
+# where a machine kind is declared under estate.datacenters.<dc>
+SECTION_FOR_KIND: dict[MachineKind, str] = {"hypervisor": "hypervisors", "metal": "metal", "local": "local"}
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used: says where (file, key path) and what was expected."""
+
+    def __init__(self, source: str, key: str, expected: str) -> None:
+        self.source = source
+        self.key = key
+        self.expected = expected
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {expected}")
+
+
+def dotted(key: str, name: object) -> str:
+    """A key path one level down: `services` and `catalog` give `services.catalog`."""
+    return f"{key}.{name}" if key else str(name)
+
+
+def some(names: Sequence[str], limit: int = 8) -> str:
+    """Names for a message, at most `limit` of them, so it stays one line however large the estate."""
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
+
+
+@dataclass(frozen=True)
+class Resources:
+    vcpus: int
+    memory_mib: int
+    disk_gib: int = 0  # services on VMs: the root disk; 0 for capacities
+
+
+@dataclass(frozen=True)
+class VirtSettings:
+    """How Berth uses a hypervisor: where VM disks go and which host bridge a DC's VMs join."""
+
+    domain_type: str  # "kvm", or "qemu" (TCG) where there is no hardware virtualisation (the lab)
+    pool: str  # libvirt storage pool (a directory pool) for the VM disks and the guest image
+    pool_path: str
+    bridge: str  # host bridge of the machine's DC; "" in a lab: the lab bridge of the DC
+
+
+@dataclass(frozen=True)
+class AddressPool:
+    network: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+    start: ipaddress.IPv4Address
+    end: ipaddress.IPv4Address
+    block_size: int
+
+    @property
+    def size(self) -> int:
+        return int(self.end) - int(self.start) + 1
+
+
+@dataclass(frozen=True)
+class Bmc:
+    address: str  # redfish: an http(s) URL (a bare host means https://host); ipmi: the host
+    username: str
+    password: str  # a vault reference such as "{{ vault_bmc_password }}", never a literal secret
+    driver: str
+    verify_tls: bool
+    ca_path: str = ""  # CA bundle to verify the BMC's certificate with; "" = the system's
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Something that can carry instances: a hypervisor, a bare-metal host or a local host."""
+
+    name: str
+    dc: str
+    kind: MachineKind
+    capacity: Resources
+    uri: str = ""  # hypervisors: libvirt URI
+    virt: VirtSettings | None = None  # hypervisors
+    address: ipaddress.IPv4Address | None = None  # metal: the host's own address
+    bmc: Bmc | None = None
+
+    @property
+    def key(self) -> str:
+        """Where the spec declares it."""
+        return f"estate.datacenters.{self.dc}.{SECTION_FOR_KIND[self.kind]}.{self.name}"
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    name: str
+    dc: str
+    address: ipaddress.IPv4Address
+    machine: str  # the machine that carries it (local/hypervisor), "" for an existing host
+
+    @property
+    def key(self) -> str:
+        """Where the spec declares it."""
+        return f"estate.datacenters.{self.dc}.loadbalancers.{self.name}"
+
+
+@dataclass(frozen=True)
+class Datacenter:
+    name: str
+    pool: AddressPool
+    machines: tuple[Machine, ...]
+    loadbalancers: tuple[LoadBalancer, ...]
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    path: str
+    status: int
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    artifact: str
+    version: str
+    port: int
+    health: HealthCheck
+    resources: Resources
+    substrate: str
+
+
+@dataclass(frozen=True)
+class Spread:
+    max_skew: int
+    when_unsatisfiable: str  # "fail" | "schedule_anyway"
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    instances: int
+    max_unavailable: int  # resolved to a count; 0 for a service with no instances here
+
+
+@dataclass(frozen=True)
+class Topology:
+    source: str
+    environment: str
+    colocation: bool
+    spread: Spread
+    datacenters: tuple[Datacenter, ...]
+    services: tuple[Service, ...]
+    policies: Mapping[str, ServicePolicy]
+    lab_namespace: str = ""  # set: Berth builds the DC networks as bridges in this network namespace
+
+    @cached_property
+    def machines(self) -> tuple[Machine, ...]:
+        return tuple(m for dc in self.datacenters for m in dc.machines)
+
+    @cached_property
+    def loadbalancers(self) -> tuple[LoadBalancer, ...]:
+        return tuple(lb for dc in self.datacenters for lb in dc.loadbalancers)
+
+    @cached_property
+    def _datacenters_by_name(self) -> dict[str, Datacenter]:
+        return {dc.name: dc for dc in self.datacenters}
+
+    @cached_property
+    def _services_by_name(self) -> dict[str, Service]:
+        return {s.name: s for s in self.services}
+
+    @cached_property
+    def _machines_by_name(self) -> dict[str, Machine]:
+        return {m.name: m for m in self.machines}
+
+    def datacenter(self, name: str) -> Datacenter:
+        return self._datacenters_by_name[name]
+
+    def service(self, name: str) -> Service:
+        return self._services_by_name[name]
+
+    def machine(self, name: str) -> Machine:
+        return self._machines_by_name[name]
+
+    def carrier(self, lb: LoadBalancer) -> Machine | None:
+        """The machine a load balancer runs on; None for an existing host of the user's."""
+        return self._machines_by_name[lb.machine] if lb.machine else None
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One placed instance (`placement.py`): where it runs, at which address and port."""
+
+    service: str
+    ordinal: int  # 1-based, stable: catalog-3 is always the third instance of catalog
+    dc: str
+    machine: str
+    machine_kind: str
+    node: str  # the VM / nspawn machine / metal host that runs it
+    address: ipaddress.IPv4Address
+    port: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.ordinal}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A topology with every instance placed; every name derived from it is checked (`names.py`)."""
+
+    topology: Topology
+    instances: tuple[Instance, ...]
+
+    def of_service(self, service: str) -> tuple[Instance, ...]:
+        return tuple(i for i in self.instances if i.service == service)
+
+    def loadbalancers(self) -> Iterator[LoadBalancer]:
+        for dc in self.topology.datacenters:
+            yield from dc.loadbalancers
+
+    def node_name(self, name: str) -> str:
+        return f"{self.topology.environment}-{name}"
