@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from inventory_json import plain
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tools/ and the collection
+from tools.inventory_json import plain
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from inventory_json import hostvars as inventory_hostvars
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tools/ and the collection
+from tools.inventory_json import hostvars as inventory_hostvars
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -1,4 +1,6 @@
-"""Shared pytest setup: make the collection importable as ansible_collections.berth.fleet."""
+"""Shared pytest setup: the checkout on sys.path, so that the collection imports as
+``ansible_collections.berth.fleet`` and the tests' own helpers as ``tests.*`` and ``tools.*`` (the
+one import style of the test suite: ``from tests.integration.lab import ...``)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from lab import PlaybookRun, local_play, run_playbook
+
+from tests.integration.lab import PlaybookRun, local_play, run_playbook
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from inventory_json import hostvars
+from tools.inventory_json import hostvars
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

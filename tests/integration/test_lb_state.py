@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab import ROOT
-from lab import haproxy_cli as cli
 
+from tests.integration.lab import ROOT
+from tests.integration.lab import haproxy_cli as cli
 from tests.ports import free_port
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"

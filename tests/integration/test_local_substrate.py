@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab import (
+
+from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
+from tests.integration.lab import (
     BIN,
     DESTROY,
     MACHINES_DIR,
@@ -35,8 +37,6 @@ from lab import (
     local_play,
     run_playbook,
 )
-
-from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
 
 pytestmark = [
     pytest.mark.integration,

@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
-from lab import (
+
+from tests.integration.lab import (
     DESTROY,
     PROVISION,
     ROOT,
@@ -35,7 +36,6 @@ from lab import (
     host_snapshot,
     run_playbook,
 )
-
 from tests.ports import free_port
 
 pytestmark = [

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab import (
+
+from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
+from tests.integration.lab import (
     BIN,
     DEPLOY,
     MACHINES_DIR,
@@ -38,8 +40,6 @@ from lab import (
     local_play,
     run_playbook,
 )
-
-from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
 
 pytestmark = [
     pytest.mark.integration,

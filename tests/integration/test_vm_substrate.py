@@ -23,7 +23,10 @@ from typing import Any
 
 import pytest
 import yaml
-from lab import (
+
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.domain import stable_mac
+from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
+from tests.integration.lab import (
     DESTROY,
     PROVISION,
     ROOT,
@@ -34,9 +37,6 @@ from lab import (
     inventory_hostvars,
     run_playbook,
 )
-
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.libvirt.domain import stable_mac
-from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
 
 pytestmark = [
     pytest.mark.integration,

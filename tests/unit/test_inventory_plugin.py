@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from inventory_json import inventory_list, plain
-from specs import spec
+from tests.unit.specs import spec
+from tools.inventory_json import inventory_list, plain
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from specs import DELETE, spec
+
+from tests.unit.specs import DELETE, spec
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from specs import DELETE, spec
 
 from ansible_collections.berth.fleet.plugins.module_utils.model.placement import place
 from ansible_collections.berth.fleet.plugins.module_utils.model.spec import parse_topology
 from ansible_collections.berth.fleet.plugins.module_utils.model.topology import Placement, SpecError, Topology
+from tests.unit.specs import DELETE, spec
 
 SECTION = {"vm": "hypervisors", "metal": "metal", "local": "local"}
 
