@@ -28,6 +28,13 @@ options:
     description: Instances that may be unavailable at once (a count; the inventory resolves percentages).
     type: int
     required: true
+  batch_size:
+    description:
+      - Instances per batch, at most O(max_unavailable); V(0) means O(max_unavailable). A batch
+        smaller than O(max_unavailable) leaves room to drain the next batch while this one is cycled.
+    type: int
+    default: 0
+    version_added: 0.3.0
   members:
     description: Every instance of the service.
     type: list
@@ -83,6 +90,22 @@ batches:
   returned: success
   type: list
   elements: list
+steps:
+  description:
+    - The traffic steps that run the batches, each a dict of C(ready) (put back in rotation and UP
+      first, on every load balancer), C(drain) (then out of rotation), C(wait_drained) (then no
+      session left), C(cycle) (then stopped, switched, started and gated) and C(early) (the next
+      batch, drained already in this step because both fit within O(max_unavailable) and the DC
+      budgets). A last step readies the last batch.
+  returned: success
+  type: list
+  elements: dict
+  version_added: 0.3.0
+overlap:
+  description: Whether any step drains the next batch early.
+  returned: success
+  type: bool
+  version_added: 0.3.0
 hosts:
   description: All instances to update, batch by batch.
   returned: success
@@ -130,6 +153,7 @@ def main():
             "service": {"type": "str", "required": True},
             "target": {"type": "str", "required": True},
             "max_unavailable": {"type": "int", "required": True},
+            "batch_size": {"type": "int", "default": 0},
             "members": {
                 "type": "list",
                 "elements": "dict",
@@ -150,7 +174,9 @@ def main():
         Member(m["name"], m["dc"], m["ordinal"], m["version"] or None, m["up"]) for m in params["members"]
     ]
     try:
-        plan = plan_rollout(params["service"], members, params["target"], params["max_unavailable"])
+        plan = plan_rollout(
+            params["service"], members, params["target"], params["max_unavailable"], params["batch_size"]
+        )
     except RolloutError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=False, **plan.as_dict())

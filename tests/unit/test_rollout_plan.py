@@ -128,3 +128,58 @@ def test_budgets_and_batches_keep_every_invariant(sizes: list[int], fraction: fl
         for dc, budget in plan.dc_budget.items():
             assert sum(1 for name in batch if dc_of[name] == dc) <= budget
     assert sorted(plan.hosts) == sorted(m.name for m in members)  # every DC progresses to the end
+
+
+# --- traffic steps: ready(n) -> UP -> drain(n+1), and the next batch drained early where it fits ---
+
+
+def test_one_at_a_time_within_two_unavailable_drains_the_next_instance_early() -> None:
+    plan = plan_rollout("catalog", prod(), "v2", 2, batch_size=1)
+    assert plan.batches == [["catalog-1"], ["catalog-2"], ["catalog-3"], ["catalog-4"]]
+    first, second = plan.steps[0], plan.steps[1]
+    assert (first.ready, first.drain, first.wait_drained, first.cycle) == (
+        [],
+        ["catalog-1", "catalog-2"],
+        ["catalog-1"],
+        ["catalog-1"],
+    )
+    assert first.early == ["catalog-2"] and second.ready == ["catalog-1"]
+    assert plan.steps[-1].ready == ["catalog-4"] and plan.steps[-1].cycle == []
+    assert plan.as_dict()["overlap"] is True
+
+
+def test_full_batches_leave_no_room_to_overlap() -> None:
+    plan = plan_rollout("catalog", prod(), "v2", 2)
+    assert [step.early for step in plan.steps] == [[], [], []]
+    assert plan.as_dict()["overlap"] is False
+    with pytest.raises(RolloutError, match="batch_size for catalog must be between 1 and max_unavailable 2"):
+        plan_rollout("catalog", prod(), "v2", 2, batch_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=8), min_size=1, max_size=4),
+    fraction=st.floats(min_value=0.01, max_value=1.0),
+    smaller=st.integers(min_value=0, max_value=3),
+)
+def test_every_moment_of_the_steps_keeps_the_capacity_invariant(
+    sizes: list[int], fraction: float, smaller: int
+) -> None:
+    """Walk the steps the way the rollout runs them and check who is out of rotation at each phase."""
+    members = estate({f"dc{i}": size for i, size in enumerate(sizes, 1)})
+    max_unavailable = max(1, min(len(members), round(len(members) * fraction)))
+    batch_size = max(1, max_unavailable - smaller)
+    plan = plan_rollout("svc", members, "v2", max_unavailable, batch_size=batch_size)
+    dc_of = {m.name: m.dc for m in members}
+    out: set[str] = set()  # drained or being cycled: not serving
+    cycled: list[str] = []
+    for step in plan.steps:
+        assert set(step.ready) <= out and set(step.ready) <= set(cycled)
+        out -= set(step.ready)  # back in rotation and UP before anything else is drained
+        out |= set(step.drain)
+        assert len(out) <= max_unavailable, (step, out)
+        for dc, budget in plan.dc_budget.items():
+            assert sum(1 for name in out if dc_of[name] == dc) <= budget, (dc, step, out)
+        assert set(step.wait_drained) == set(step.cycle) <= out
+        cycled += step.cycle
+    assert not out and sorted(cycled) == sorted(m.name for m in members)

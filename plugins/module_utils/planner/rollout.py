@@ -40,13 +40,43 @@ class Member:
         return self.version != target or not self.up
 
 
+@dataclass(frozen=True)
+class Step:
+    """One traffic step on every load balancer, then one instance step on the batch it names.
+
+    On every LB at once: ``ready`` (the batch cycled in the step before) back in rotation and UP,
+    then ``drain`` out of rotation, then wait until ``wait_drained`` holds no session. Then each
+    instance of ``cycle`` is stopped, switched, started and gated. ``early`` is the next batch,
+    drained in this step already (it is part of ``drain``) so that its requests finish while this
+    batch is cycled: the planner only does that when both batches fit within ``max_unavailable``
+    and every DC's budget.
+    """
+
+    ready: list[str]
+    drain: list[str]
+    wait_drained: list[str]
+    cycle: list[str]
+    early: list[str]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {
+            "ready": self.ready,
+            "drain": self.drain,
+            "wait_drained": self.wait_drained,
+            "cycle": self.cycle,
+            "early": self.early,
+        }
+
+
 @dataclass
 class Plan:
     service: str
     target: str
     max_unavailable: int
     dc_budget: dict[str, int]
+    batch_size: int = 0  # 0: max_unavailable
     batches: list[list[str]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
     first_deploy: bool = False
     repair: bool = False  # only instances already out of rotation are touched
@@ -66,7 +96,10 @@ class Plan:
             "target": self.target,
             "max_unavailable": self.max_unavailable,
             "dc_budget": self.dc_budget,
+            "batch_size": self.batch_size or self.max_unavailable,
             "batches": self.batches,
+            "steps": [step.as_dict() for step in self.steps],
+            "overlap": any(step.early for step in self.steps),
             "hosts": self.hosts,
             "serial": self.serial,
             "up_to_date": self.up_to_date,
@@ -113,7 +146,11 @@ def _next_batch(remaining: list[Member], max_unavailable: int, budgets: Mapping[
     return sorted(batch, key=_order)
 
 
-def plan_rollout(service: str, members: list[Member], target: str, max_unavailable: int) -> Plan:
+def plan_rollout(
+    service: str, members: list[Member], target: str, max_unavailable: int, batch_size: int = 0
+) -> Plan:
+    """The batches and traffic steps of a rollout; ``batch_size`` (default ``max_unavailable``)
+    caps a batch below ``max_unavailable``, which leaves room to drain the next batch early."""
     if not members:
         raise RolloutError(f"service {service} has no instances in this environment: nothing to deploy")
     if not 1 <= max_unavailable <= len(members):
@@ -121,28 +158,62 @@ def plan_rollout(service: str, members: list[Member], target: str, max_unavailab
             f"max_unavailable for {service} must be between 1 and its {len(members)} instances, "
             f"got {max_unavailable}"
         )
-    plan = Plan(service, target, max_unavailable, dc_budgets(members, max_unavailable))
+    if not 0 <= batch_size <= max_unavailable:
+        raise RolloutError(
+            f"batch_size for {service} must be between 1 and max_unavailable {max_unavailable} "
+            f"(or 0 for max_unavailable), got {batch_size}"
+        )
+    plan = Plan(service, target, max_unavailable, dc_budgets(members, max_unavailable), batch_size)
+    plan.batches = _batches(plan, members)
+    plan.steps = traffic_steps(plan, {m.name: m.dc for m in members})
+    return plan
+
+
+def _batches(plan: Plan, members: list[Member]) -> list[list[str]]:
+    target, max_unavailable = plan.target, plan.max_unavailable
     todo = [m for m in members if m.needs(target)]
     plan.up_to_date = sorted(m.name for m in members if not m.needs(target))
     if not todo:
-        return plan
+        return []
     if not any(m.up for m in members):
         plan.first_deploy = True
-        plan.batches = [[m.name for m in sorted(todo, key=_order)]]
-        return plan
+        return [[m.name for m in sorted(todo, key=_order)]]
     if not any(m.up for m in todo):
         # a pure repair (a reconcile, a rerun after instances died): every instance to touch is out
         # of rotation already, so touching them costs no capacity, whatever the budgets say
         plan.repair = True
-        plan.batches = [[m.name for m in sorted(todo, key=_order)]]
-        return plan
+        return [[m.name for m in sorted(todo, key=_order)]]
     _refuse_unsafe_start(plan, members)
+    batches = []
     remaining = sorted(todo, key=_order)
     while remaining:
-        batch = _next_batch(remaining, max_unavailable, plan.dc_budget)
-        plan.batches.append([m.name for m in batch])
+        batch = _next_batch(remaining, plan.batch_size or max_unavailable, plan.dc_budget)
+        batches.append([m.name for m in batch])
         remaining = [m for m in remaining if m not in batch]
-    return plan
+    return batches
+
+
+def traffic_steps(plan: Plan, dc_of: Mapping[str, str]) -> list[Step]:
+    """The steps of a plan's batches: each readies the previous batch, drains its own (and the
+    next one early where both fit within max_unavailable and the DC budgets), and cycles it; a
+    last step readies the last batch."""
+    steps = []
+    batches = plan.batches
+    for index, batch in enumerate(batches):
+        following = batches[index + 1] if index + 1 < len(batches) else []
+        early = following if following and _fits_together(plan, batch + following, dc_of) else []
+        previous = batches[index - 1] if index else []
+        steps.append(Step(list(previous), batch + early, list(batch), list(batch), list(early)))
+    if batches:
+        steps.append(Step(list(batches[-1]), [], [], [], []))
+    return steps
+
+
+def _fits_together(plan: Plan, hosts: list[str], dc_of: Mapping[str, str]) -> bool:
+    if plan.first_deploy or plan.repair or len(hosts) > plan.max_unavailable:
+        return False
+    per_dc = Counter(dc_of[host] for host in hosts)
+    return all(count <= plan.dc_budget[dc] for dc, count in per_dc.items())
 
 
 def _order(member: Member) -> tuple[bool, int, str]:

@@ -1,0 +1,120 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The progress of a running rollout, recorded in its journal as its steps happen.
+
+A rollout runs as the plan's traffic steps (``planner.rollout.Step``): each is one call per load
+balancer (ready the previous batch, drain this one, wait) and then one call per instance of the
+batch (stop, switch, start, gate). Each of those calls reports one *event* into the journal as it
+finishes (the action plugins of ``lb_step`` and ``instance_cycle`` do it on the controller, so
+recording costs no module run):
+
+    journal["run"] = {"steps": [...], "lbs": [...],
+                      "events": {"<step>": {"traffic": {lb: {...}}, "cycle": {host: {...}}}}}
+
+From the events, ``settle`` derives what the journal has always said: a batch is *done* once every
+LB reported the step that drained it, every instance of it was cycled, and every LB reported the
+step that put it back (``batches_done`` with its wall time and where the time went); the rollout
+is ``complete`` once every LB reported the last step, and ``halted`` (where, and why) as soon as an
+instance step failed. Pure: the journal in, the journal out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def run_started(journal: Mapping[str, Any], steps: list[dict[str, Any]], lbs: list[str]) -> dict[str, Any]:
+    """The journal with a fresh run of ``steps`` across the load balancers ``lbs`` (a rerun of an
+    unfinished rollout is a new run: the batches earlier runs finished stay in ``batches_done``)."""
+    earlier = [int(b.get("run", 0)) for b in journal.get("batches_done", [])]
+    number = max([int((journal.get("run") or {}).get("id", 0)), *earlier]) + 1
+    return {**journal, "run": {"id": number, "steps": steps, "lbs": sorted(lbs), "events": {}}}
+
+
+def record_traffic(
+    journal: Mapping[str, Any], step: int, lb: str, started: float, result: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One load balancer finished traffic step ``step`` (``result``: lb_step's return)."""
+    event = {
+        "started": round(started, 3),
+        "ready_wait": round(float(result.get("ready_wait") or 0.0), 3),
+        "drain_wait": round(float(result.get("drain_wait") or 0.0), 3),
+        "failed": bool(result.get("failed")),
+    }
+    return settle(_with_event(journal, step, "traffic", lb, event))
+
+
+def record_cycle(
+    journal: Mapping[str, Any], step: int, host: str, result: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One instance finished its cycle in step ``step`` (``result``: instance_cycle's return)."""
+    failed = bool(result.get("failed"))
+    event = {
+        "risen_after": round(float(result.get("risen_after") or 0.0), 3),
+        "seconds": round(float(result.get("seconds") or 0.0), 3),
+        "failed": failed,
+        "reverted": bool(result.get("reverted")),
+        "reverted_healthy": bool(result.get("reverted_healthy")),
+    }
+    journal = _with_event(journal, step, "cycle", host, event)
+    if failed and journal.get("status") != "halted":
+        journal = {**journal, "status": "halted", "halted_at": host, "reason": str(result.get("msg", "?"))}
+    return settle(journal)
+
+
+def _with_event(
+    journal: Mapping[str, Any], step: int, kind: str, who: str, event: dict[str, Any]
+) -> dict[str, Any]:
+    run = dict(journal.get("run") or {"id": 0, "steps": [], "lbs": [], "events": {}})
+    events = {key: dict(value) for key, value in dict(run.get("events", {})).items()}
+    at_step = {key: dict(value) for key, value in events.get(str(step), {}).items()}
+    at_step[kind] = {**at_step.get(kind, {}), who: event}
+    events[str(step)] = at_step
+    run["events"] = events
+    return {**journal, "run": run}
+
+
+def settle(journal: Mapping[str, Any]) -> dict[str, Any]:
+    """``batches_done`` and the status, from the events so far."""
+    run = journal.get("run")
+    if not run:
+        return dict(journal)
+    steps, lbs, events = run["steps"], run["lbs"], run["events"]
+    done_here = [
+        {**record, "run": run["id"]}
+        for index in range(len(steps) - 1)
+        if (record := _batch_record(steps, lbs, events, index)) is not None
+    ]
+    earlier = [b for b in journal.get("batches_done", []) if b.get("run") != run.get("id")]
+    settled = {**journal, "batches_done": earlier + done_here}
+    last = events.get(str(len(steps) - 1), {}).get("traffic", {})
+    if steps and journal.get("status") == "running" and _all_ok(last, lbs):
+        settled["status"] = "complete"
+    return settled
+
+
+def _all_ok(reports: Mapping[str, Mapping[str, Any]], expected: list[str]) -> bool:
+    return all(name in reports and not reports[name]["failed"] for name in expected)
+
+
+def _batch_record(
+    steps: list[dict[str, Any]], lbs: list[str], events: Mapping[str, Any], index: int
+) -> dict[str, Any] | None:
+    """The record of the batch cycled in step ``index``, once it is back in rotation everywhere."""
+    hosts = steps[index]["cycle"]
+    drained = events.get(str(index), {}).get("traffic", {})
+    cycled = events.get(str(index), {}).get("cycle", {})
+    back = events.get(str(index + 1), {}).get("traffic", {})
+    if not hosts or not _all_ok(drained, lbs) or not _all_ok(cycled, hosts) or not _all_ok(back, lbs):
+        return None
+    started = min(drained[lb]["started"] for lb in lbs)
+    up_at = max(back[lb]["started"] + back[lb]["ready_wait"] for lb in lbs)
+    return {
+        "hosts": hosts,
+        "seconds": round(up_at - started, 2),
+        "drain_wait": round(max(drained[lb]["drain_wait"] for lb in lbs), 2),
+        "risen_after": round(max(cycled[host]["risen_after"] for host in hosts), 2),
+        "ready_wait": round(max(back[lb]["ready_wait"] for lb in lbs), 2),
+        # drained early, while the batch before it was cycled: its drain wait overlapped
+        "overlapped": bool(index and steps[index - 1]["early"]),
+    }

@@ -1,0 +1,96 @@
+"""The journal follows a running rollout from its step events (what the action plugins record)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import journal_started
+from ansible_collections.berth.fleet.plugins.module_utils.planner.progress import (
+    record_cycle,
+    record_traffic,
+    run_started,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import Member, plan_rollout
+
+LBS = ["lb-dc1", "lb-dc2"]
+
+
+def started(batch_size: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    members = [Member(f"catalog-{n}", f"dc{2 - n % 2}", n, "v1", True) for n in range(1, 5)]
+    plan = plan_rollout("catalog", members, "v2", 2, batch_size=batch_size)
+    steps = [step.as_dict() for step in plan.steps]
+    versions = {m.name: "v1" for m in members}
+    journal = journal_started({}, "catalog", "v2", versions, plan.batches)
+    return run_started(journal, steps, LBS), steps
+
+
+def traffic(
+    journal: dict[str, Any], step: int, at: float, ready: float = 0.5, drain: float = 2.0
+) -> dict[str, Any]:
+    for lb in LBS:
+        journal = record_traffic(journal, step, lb, at, {"ready_wait": ready, "drain_wait": drain})
+    return journal
+
+
+def test_a_batch_is_done_once_it_is_back_everywhere_and_the_last_step_completes() -> None:
+    journal, steps = started()
+    assert len(steps) == 3 and steps[0]["cycle"] == ["catalog-1", "catalog-2"]
+    journal = traffic(journal, 0, at=100.0, ready=0.0, drain=3.2)
+    for host in steps[0]["cycle"]:
+        journal = record_cycle(journal, 0, host, {"risen_after": 0.8, "seconds": 1.5})
+    assert journal["batches_done"] == [] and journal["status"] == "running"  # not back in rotation yet
+    journal = record_traffic(journal, 1, "lb-dc1", 105.0, {"ready_wait": 0.6, "drain_wait": 2.5})
+    assert journal["batches_done"] == []  # one LB has it back, the other not yet
+    journal = record_traffic(journal, 1, "lb-dc2", 105.0, {"ready_wait": 0.7, "drain_wait": 2.4})
+    assert journal["batches_done"] == [
+        {
+            "hosts": ["catalog-1", "catalog-2"],
+            "seconds": 5.7,
+            "drain_wait": 3.2,
+            "risen_after": 0.8,
+            "ready_wait": 0.7,
+            "overlapped": False,
+            "run": 1,
+        }
+    ]
+    for host in steps[1]["cycle"]:
+        journal = record_cycle(journal, 1, host, {"risen_after": 0.9, "seconds": 1.2})
+    journal = traffic(journal, 2, at=110.0)
+    assert journal["status"] == "complete" and len(journal["batches_done"]) == 2
+
+
+def test_a_failed_cycle_halts_the_journal_with_where_and_why() -> None:
+    journal, _steps = started()
+    journal = traffic(journal, 0, at=1.0)
+    journal = record_cycle(journal, 0, "catalog-1", {"risen_after": 0.5})
+    journal = record_cycle(
+        journal,
+        0,
+        "catalog-2",
+        {"failed": True, "msg": "HTTP 503 3 times", "reverted": True, "reverted_healthy": True},
+    )
+    assert (journal["status"], journal["halted_at"], journal["reason"]) == (
+        "halted",
+        "catalog-2",
+        "HTTP 503 3 times",
+    )
+    journal = traffic(journal, 1, at=5.0)  # the reverted batch is put back
+    assert journal["status"] == "halted" and journal["batches_done"] == []
+
+
+def test_early_drains_are_recorded_and_a_rerun_keeps_the_batches_it_finished() -> None:
+    journal, steps = started(batch_size=1)
+    assert steps[0]["early"] == ["catalog-2"]
+    journal = traffic(journal, 0, at=0.0)
+    journal = record_cycle(journal, 0, "catalog-1", {"risen_after": 0.4})
+    journal = traffic(journal, 1, at=3.0)
+    journal = record_cycle(journal, 1, "catalog-2", {"risen_after": 0.4})
+    journal = traffic(journal, 2, at=6.0)
+    assert [b["overlapped"] for b in journal["batches_done"]] == [False, True]
+    # interrupted here; the rerun plans what is left and keeps what was done
+    rerun = run_started(
+        journal_started(journal, "catalog", "v2", {}, [["catalog-3"], ["catalog-4"]]), steps, LBS
+    )
+    assert rerun["run"]["id"] == 2 and len(rerun["batches_done"]) == 2
+    rerun = traffic(rerun, 0, at=20.0)
+    assert len(rerun["batches_done"]) == 2 and rerun["status"] == "running"
