@@ -31,10 +31,13 @@ options:
 attributes:
   check_mode:
     support: full
+    description: It only reads; the same in check mode.
   diff_mode:
     support: none
+    description: Nothing changes.
   idempotent:
     support: full
+    description: Reading changes nothing.
 """
 
 EXAMPLES = r"""

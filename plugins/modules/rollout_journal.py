@@ -80,12 +80,15 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reports what the journal would become and writes nothing.
   diff_mode:
     support: full
+    description: The journal file before and after.
   idempotent:
     support: full
-    details: C(start) for a rollout that is already recorded the same way, C(halt) and C(complete) when
-      the journal already says so, change nothing.
+    description:
+      - C(start) for a rollout that is already recorded the same way, C(halt) and C(complete) when the
+        journal already says so, and the reading actions change nothing.
 """
 
 EXAMPLES = r"""

@@ -89,7 +89,7 @@ def test_max_unavailable_must_fit(bad: int) -> None:
 def estate(per_dc: dict[str, int], version: str = "v1") -> list[Member]:
     members, ordinal = [], 0
     for dc, count in per_dc.items():
-        for _ in range(count):
+        for _slot in range(count):
             ordinal += 1
             members.append(Member(f"svc-{ordinal}", dc, ordinal, version, True))
     return members

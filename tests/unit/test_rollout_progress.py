@@ -94,3 +94,14 @@ def test_early_drains_are_recorded_and_a_rerun_keeps_the_batches_it_finished() -
     assert rerun["run"]["id"] == 2 and len(rerun["batches_done"]) == 2
     rerun = traffic(rerun, 0, at=20.0)
     assert len(rerun["batches_done"]) == 2 and rerun["status"] == "running"
+
+
+def test_a_load_balancer_that_fails_its_step_halts_the_rollout() -> None:
+    journal, _steps = started()
+    journal = record_traffic(journal, 0, "lb-dc1", 1.0, {"drain_wait": 2.0})
+    journal = record_traffic(
+        journal, 0, "lb-dc2", 1.0, {"failed": True, "msg": "catalog-1 still has 2 sessions"}
+    )
+    assert (journal["status"], journal["halted_at"]) == ("halted", "lb-dc2")
+    unreachable = record_cycle(started()[0], 0, "catalog-1", {"unreachable": True, "msg": "ssh: no route"})
+    assert unreachable["status"] == "halted" and unreachable["reason"] == "ssh: no route"

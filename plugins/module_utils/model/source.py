@@ -14,13 +14,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+try:
+    import yaml
+except ImportError:  # module_utils import without PyYAML; the controller that reads specs has it
+    HAS_YAML = False
+else:
+    HAS_YAML = True
 
 from ansible_collections.berth.fleet.plugins.module_utils.model.topology import SpecError, dotted
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,10 @@ def read_as_written(path: str) -> AsWritten:
 
 
 def as_written(text: str | bytes, source: str) -> AsWritten:
+    if not HAS_YAML:  # pragma: no cover - ansible-core itself depends on PyYAML
+        return AsWritten()
     try:
-        root = yaml.compose(text, Loader=_LOADER)
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError:
         return AsWritten()  # not YAML this reader knows: the loader that read the spec reports it
     scalars: dict[str, str] = {}

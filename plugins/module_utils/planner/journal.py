@@ -17,11 +17,11 @@ module. Pure apart from the file it reads and writes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils.common.fs import atomic_write
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import FileLock, atomic_write
 from ansible_collections.berth.fleet.plugins.module_utils.common.rules import name_problem
 
 STATUSES = ("running", "halted", "complete")
@@ -57,6 +57,19 @@ def load(path: Path) -> dict[str, Any]:
 
 def render(journal: Mapping[str, Any]) -> str:
     return json.dumps(journal, indent=2, sort_keys=True) + "\n"
+
+
+def update(path: Path, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Read, ``change`` and write the journal under an exclusive lock (several load balancers and
+    instances report into one journal at the same moment); returns what was written."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JournalError(f"cannot write the rollout journal {path}: {exc.strerror or exc}") from None
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        journal = change(load(path))
+        save(path, journal)
+    return journal
 
 
 def save(path: Path, journal: Mapping[str, Any]) -> None:

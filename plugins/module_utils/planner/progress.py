@@ -41,25 +41,35 @@ def record_traffic(
         "drain_wait": round(float(result.get("drain_wait") or 0.0), 3),
         "failed": bool(result.get("failed")),
     }
-    return settle(_with_event(journal, step, "traffic", lb, event))
+    journal = _with_event(journal, step, "traffic", lb, event)
+    if event["failed"]:
+        journal = _halted(journal, lb, result)
+    return settle(journal)
 
 
 def record_cycle(
     journal: Mapping[str, Any], step: int, host: str, result: Mapping[str, Any]
 ) -> dict[str, Any]:
     """One instance finished its cycle in step ``step`` (``result``: instance_cycle's return)."""
-    failed = bool(result.get("failed"))
+    failed = bool(result.get("failed") or result.get("unreachable"))
     event = {
         "risen_after": round(float(result.get("risen_after") or 0.0), 3),
         "seconds": round(float(result.get("seconds") or 0.0), 3),
-        "failed": failed,
+        "failed": failed or bool(result.get("unreachable")),
         "reverted": bool(result.get("reverted")),
         "reverted_healthy": bool(result.get("reverted_healthy")),
     }
     journal = _with_event(journal, step, "cycle", host, event)
-    if failed and journal.get("status") != "halted":
-        journal = {**journal, "status": "halted", "halted_at": host, "reason": str(result.get("msg", "?"))}
+    if failed:
+        journal = _halted(journal, host, result)
     return settle(journal)
+
+
+def _halted(journal: dict[str, Any], where: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """The first failure halts the rollout; later ones (the same step elsewhere) keep its reason."""
+    if journal.get("status") == "halted":
+        return journal
+    return {**journal, "status": "halted", "halted_at": where, "reason": str(result.get("msg", "?"))}
 
 
 def _with_event(

@@ -17,8 +17,23 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.rules import libvirt_name_problem
 
+# the binding is re-exported: the other files of the package use it from here, so that each of
+# them loads (and says what is missing) where libvirt-python is not installed
+__all__ = [
+    "HAS_LIBVIRT",
+    "LIBVIRT_IMPORT_ERROR",
+    "Conn",
+    "LibvirtError",
+    "libvirt",
+    "name_problems",
+    "no_stray_libvirt_errors",
+    "reason",
+    "refuse_invalid",
+    "translated",
+]
+
 try:
-    import libvirt as libvirt  # no stubs: pyproject sets ignore_missing_imports
+    import libvirt  # no stubs: pyproject sets ignore_missing_imports
 except ImportError:
     libvirt = None
     HAS_LIBVIRT = False

@@ -194,7 +194,8 @@ class ReleaseManager:
 
     def _extract(self, sha256: str) -> None:
         request = self.request
-        assert request.package is not None
+        if request.package is None:  # _stage checked it; this keeps the type narrow
+            raise ReleaseError(f"{request.artifact} {request.version}: no package to extract")
         staging = Path(
             tempfile.mkdtemp(prefix=f".{request.release_dir.name}.", dir=request.release_dir.parent)
         )

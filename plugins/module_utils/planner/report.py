@@ -1,0 +1,30 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the controller records when a rollout step reports back (used by the action plugins of
+``lb_step`` and ``instance_cycle``): the step's event, into the service's journal, under its lock."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ansible_collections.berth.fleet.plugins.module_utils.planner import journal as rollout_journal
+from ansible_collections.berth.fleet.plugins.module_utils.planner import progress
+
+KINDS = ("traffic", "cycle")
+
+
+def record_step(
+    where: Mapping[str, Any], kind: str, who: str, started: float, result: Mapping[str, Any]
+) -> None:
+    """``where`` is the task's ``journal`` option: ``state_dir``, ``service`` and the ``step`` index."""
+    if kind not in KINDS:
+        raise rollout_journal.JournalError(f"unknown step kind {kind!r}")
+    path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
+    step = int(where["step"])
+
+    def change(journal: dict[str, Any]) -> dict[str, Any]:
+        if kind == "traffic":
+            return progress.record_traffic(journal, step, who, started, result)
+        return progress.record_cycle(journal, step, who, result)
+
+    rollout_journal.update(path, change)
