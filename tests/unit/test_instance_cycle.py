@@ -116,7 +116,7 @@ class FakeSystemctl:
 
     @property
     def changes(self) -> list[str]:
-        return [verb for verb, _ in self.calls if verb in CHANGING]
+        return [verb for verb, _version in self.calls if verb in CHANGING]
 
 
 def stage(tmp_path: Path, root: Path, *versions: str, current: str | None = None) -> None:
@@ -200,9 +200,9 @@ def test_a_first_deploy_enables_the_unit_once_it_passed_its_gate(
     assert f"enable {UNIT}" in checked.actions and not fake.enabled
     result = cycle(root, fake, health.url, "v1").run()
     assert result.actions[-1] == f"enable {UNIT}" and fake.enabled
-    assert [verb for verb, _ in fake.calls if verb in (*CHANGING, "enable")][-2:] == ["start", "enable"]
+    assert [verb for verb, _version in fake.calls if verb in (*CHANGING, "enable")][-2:] == ["start", "enable"]
     again = cycle(root, fake, health.url, "v1").run()
-    assert not again.changed and [verb for verb, _ in fake.calls].count("enable") == 1
+    assert not again.changed and [verb for verb, _version in fake.calls].count("enable") == 1
 
 
 @pytest.mark.parametrize("v1_status", [200, 503])
@@ -270,7 +270,7 @@ def test_check_mode_reports_the_cycle_and_changes_nothing(tmp_path: Path, health
     ]
     assert result.before == {"current": "v1", "unit": "active"}
     assert result.after == {"current": "v2", "unit": "active"}
-    assert fake.changes == [] and [verb for verb, _ in fake.calls] == ["show"]
+    assert fake.changes == [] and [verb for verb, _version in fake.calls] == ["show"]
     assert (root / "instances/catalog-1/current").resolve().name == "catalog-v1"
 
 
@@ -297,7 +297,7 @@ def test_systemctl_failing_and_a_missing_unit_are_one_clear_message(
     health.statuses = {"v1": 200}
     fake = FakeSystemctl(root, health, active=True)
     fake.failing["stop"] = "Failed to stop berth-catalog-1.service: Access denied"
-    message, _ = failed(cycle(root, fake, health.url, "v2"))
+    message, _result = failed(cycle(root, fake, health.url, "v2"))
     assert message.startswith(
         f"catalog-1: could not stop {UNIT} (nothing was switched): command failed (rc=1)"
     )
@@ -313,9 +313,9 @@ def test_systemctl_failing_and_a_missing_unit_are_one_clear_message(
     )
     assert result.reverted and result.reverted_healthy is False
     missing = FakeSystemctl(root, health, active=False, load_state="not-found")
-    message, _ = failed(cycle(root, missing, health.url, "v2"))
+    message, _result = failed(cycle(root, missing, health.url, "v2"))
     assert message.startswith(f"catalog-1: unit {UNIT} not found: systemd has no unit file for it")
-    message, _ = failed(cycle(root, missing, "ftp://x", "../v2"))
+    message, _result = failed(cycle(root, missing, "ftp://x", "../v2"))
     assert "version '../v2' is not a version" in message and "url must be http(s)://" in message
 
 
