@@ -11,6 +11,10 @@ description:
   - Input for M(berth.fleet.rollout_plan). Reads each instance's C(berth_dc), C(berth_instance),
     the C(__rollout_current) version the rollout role queried, and whether every load balancer's
     C(__rollout_lb) state has the instance in rotation.
+  - The same file provides C(rollout_halt), used as
+    C(previous | berth.fleet.rollout_halt(hosts, hostvars, 'registered_var')) between the phases of
+    the rolling steps, which returns C({}) while every host's registered step result succeeded, else
+    the first C(reason) and the hosts that must C(keep_out) of rotation.
 options:
   _input:
     description: C(hostvars).
@@ -54,6 +58,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import
     journal_started,
     waits,
 )
+from ansible_collections.berth.fleet.plugins.module_utils.planner.progress import halt_state
 from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import members_from_inventory
 
 
@@ -75,6 +80,12 @@ def rollout_desired_version(journal, inventory_version, service):
         raise AnsibleFilterError(str(exc)) from None
 
 
+def rollout_halt(previous, hosts, hostvars, result_var):
+    """The halt state after a phase of the rolling steps, from each host's registered ``result_var``."""
+    results = {host: hostvars[host].get(result_var) for host in hosts}
+    return halt_state(previous or {}, list(hosts), results)
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -82,4 +93,5 @@ class FilterModule:
             "rollout_journal_started": journal_started,
             "rollout_journal_batch_done": rollout_batch_done,
             "rollout_desired_version": rollout_desired_version,
+            "rollout_halt": rollout_halt,
         }

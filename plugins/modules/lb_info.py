@@ -54,12 +54,11 @@ servers:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.member import HaproxyServer
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
     HaproxyError,
     UnixSocketTransport,
-    parse_servers_state,
 )
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.state import read_servers
 
 
 def main():
@@ -74,11 +73,11 @@ def main():
     servers = {}
     try:
         for backend in module.params["backends"]:
-            rows = parse_servers_state(transport(f"show servers state {backend}"), backend)
-            servers[backend] = {}
-            for name in rows:
-                state = HaproxyServer(transport, backend, name).get_state()
-                servers[backend][name] = dict(state.as_dict(), in_rotation=state.in_rotation)
+            # every server of the backend in two round trips (show servers state, show stat), not 1 + 2N
+            servers[backend] = {
+                name: dict(state.as_dict(), in_rotation=state.in_rotation)
+                for name, state in read_servers(transport, backend).items()
+            }
     except HaproxyError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=False, servers=servers)

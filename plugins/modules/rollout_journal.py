@@ -46,6 +46,20 @@ options:
     description: With C(start), the planned batches (lists of instance names).
     type: list
     elements: list
+  steps:
+    description:
+      - With C(start), the plan's traffic steps (M(berth.fleet.rollout_plan) C(steps)). The steps'
+        own calls (M(berth.fleet.lb_step), M(berth.fleet.instance_cycle)) then record their events
+        and the journal derives the finished batches and the status from them.
+    type: list
+    elements: dict
+    version_added: 0.3.0
+  lbs:
+    description: With O(steps), the load balancers every step runs on.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.3.0
   hosts:
     description: With C(batch_done), the instances of the finished batch.
     type: list
@@ -134,6 +148,7 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.berth.fleet.plugins.module_utils.planner import journal as rollout_journal
+from ansible_collections.berth.fleet.plugins.module_utils.planner import progress
 
 REQUIRED_BY_ACTION = {
     "start": ["target", "versions", "batches"],
@@ -147,11 +162,12 @@ def advance(params: dict[str, Any], before: dict[str, Any], path: str) -> dict[s
     """The result fields of one action on the journal ``before`` (``journal`` is what it becomes)."""
     action, service = params["action"], params["service"]
     if action == "start":
-        return {
-            "journal": rollout_journal.journal_started(
-                before, service, params["target"], params["versions"], params["batches"]
-            )
-        }
+        journal = rollout_journal.journal_started(
+            before, service, params["target"], params["versions"], params["batches"]
+        )
+        if params["steps"] is not None:
+            journal = progress.run_started(journal, params["steps"], params["lbs"])
+        return {"journal": journal}
     if action == "batch_done":
         return {
             "journal": rollout_journal.journal_batch_done(
@@ -198,6 +214,8 @@ def main() -> None:
             "target": {"type": "str"},
             "versions": {"type": "dict"},
             "batches": {"type": "list", "elements": "list"},
+            "steps": {"type": "list", "elements": "dict"},
+            "lbs": {"type": "list", "elements": "str", "default": []},
             "hosts": {"type": "list", "elements": "str"},
             "seconds": {"type": "float"},
             "drained": {"type": "list", "elements": "raw", "default": []},

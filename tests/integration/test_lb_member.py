@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab import PlaybookRun, local_play, run_playbook
-from lab import haproxy_cli as cli
 
+from tests.integration.lab import PlaybookRun, local_play, run_playbook
+from tests.integration.lab import haproxy_cli as cli
 from tests.lb_member_states import EXPECTED as MATRIX
 from tests.ports import free_port
 
@@ -176,22 +176,29 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
 
 
 class Observer:
-    """Looks at HAProxy every 5 ms in a thread and keeps the timeline of one server."""
+    """Looks at HAProxy every 5 ms in a thread and keeps the timeline of one server (and of all)."""
 
     def __init__(self, sock: Path, server: str) -> None:
         self.sock = sock
         self.server = server
         self.timeline: list[tuple[float, Seen]] = []
+        self.backend: list[tuple[float, dict[str, Seen]]] = []
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.run, name="observer", daemon=True)
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            self.timeline.append((time.monotonic(), look(self.sock)[self.server]))
+            at, seen = time.monotonic(), look(self.sock)
+            self.backend.append((at, seen))
+            self.timeline.append((at, seen[self.server]))
             time.sleep(0.005)
 
     def first(self, predicate: Any) -> float | None:
         return next((at for at, seen in list(self.timeline) if predicate(seen)), None)
+
+    def first_of(self, server: str, predicate: Any) -> float | None:
+        """When ``server`` was first seen as ``predicate`` wants it."""
+        return next((at for at, seen in list(self.backend) if predicate(seen[server])), None)
 
     def __enter__(self) -> Observer:
         self.thread.start()
@@ -262,14 +269,25 @@ class LoadBalancer:
         self, *calls: dict[str, Any], check_modes: tuple[bool, ...] = ()
     ) -> tuple[PlaybookRun, list[dict[str, Any]]]:
         """One ansible-playbook run with one berth.fleet.lb_member task per call; their registered results."""
+        return self.run_module("lb_member", *calls, check_modes=check_modes)
+
+    def step(
+        self, *calls: dict[str, Any], check_modes: tuple[bool, ...] = ()
+    ) -> tuple[PlaybookRun, list[dict[str, Any]]]:
+        """One ansible-playbook run with one berth.fleet.lb_step task per call; their registered results."""
+        return self.run_module("lb_step", *calls, check_modes=check_modes)
+
+    def run_module(
+        self, module: str, *calls: dict[str, Any], check_modes: tuple[bool, ...] = ()
+    ) -> tuple[PlaybookRun, list[dict[str, Any]]]:
         self.runs[0] += 1
         index = self.runs[0]
         results_file = self.workdir / f"results-{index}.json"
         tasks: list[dict[str, Any]] = []
         for number, call in enumerate(calls):
             task: dict[str, Any] = {
-                "name": f"lb_member {number}",
-                "berth.fleet.lb_member": {"socket": str(self.sock), "backend": BACKEND, **call},
+                "name": f"{module} {number}",
+                f"berth.fleet.{module}": {"socket": str(self.sock), "backend": BACKEND, **call},
                 "register": f"result_{number}",
                 "ignore_errors": True,
             }
@@ -287,7 +305,7 @@ class LoadBalancer:
             }
         )
         playbook = self.workdir / f"play-{index}.yml"
-        playbook.write_text(json.dumps([local_play("lb_member", tasks)], indent=1))
+        playbook.write_text(json.dumps([local_play(module, tasks)], indent=1))
         run = run_playbook(playbook, "localhost,")
         assert results_file.exists(), run.output[-4000:]
         results: list[dict[str, Any]] = json.loads(results_file.read_text())
@@ -314,9 +332,8 @@ frontend fe
 backend {backend}
     balance roundrobin
     option httpchk GET /health
-    server s1 127.0.0.1:{port_s1} check inter {inter_ms} rise {rise} fall {fall}
-    server s2 127.0.0.1:{port_s2} check inter {inter_ms} rise {rise} fall {fall}
-"""
+{servers}"""
+SERVER_LINE = "    server {name} 127.0.0.1:{port} check inter {inter_ms} rise {rise} fall {fall}\n"
 
 
 def stop_pid(pid: int) -> None:
@@ -325,29 +342,22 @@ def stop_pid(pid: int) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
-@pytest.fixture(scope="module")
-def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadBalancer]:
-    workdir = tmp_path_factory.mktemp("lb")
+@contextlib.contextmanager
+def balancer(workdir: Path, names: tuple[str, ...]) -> Iterator[LoadBalancer]:
+    """A real HAProxy on the loopback in front of one small HTTP backend per server name."""
     with contextlib.ExitStack() as cleanup:
         backends = {}
-        for name in ("s1", "s2"):
+        for name in names:
             backends[name] = Backend(name)
             cleanup.callback(backends[name].stop)
         sock = workdir / "admin.sock"
         port = free_port()
-        config = workdir / "haproxy.cfg"
-        config.write_text(
-            HAPROXY_CFG.format(
-                sock=sock,
-                port=port,
-                backend=BACKEND,
-                port_s1=backends["s1"].port,
-                port_s2=backends["s2"].port,
-                inter_ms=int(INTER * 1000),
-                rise=RISE,
-                fall=FALL,
-            )
+        timing = {"inter_ms": int(INTER * 1000), "rise": RISE, "fall": FALL}
+        servers = "".join(
+            SERVER_LINE.format(name=name, port=backend.port, **timing) for name, backend in backends.items()
         )
+        config = workdir / "haproxy.cfg"
+        config.write_text(HAPROXY_CFG.format(sock=sock, port=port, backend=BACKEND, servers=servers))
         log = (workdir / "haproxy.log").open("w")
         cleanup.callback(log.close)
         proc = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
@@ -366,6 +376,19 @@ def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadBalancer]:
         assert proc.poll() is None, (workdir / "haproxy.log").read_text()
         balancer.reset()
         yield balancer
+
+
+@pytest.fixture(scope="module")
+def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadBalancer]:
+    with balancer(tmp_path_factory.mktemp("lb"), ("s1", "s2")) as two:
+        yield two
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadBalancer]:
+    """Three servers: lb_step drains or readies two of them while s3 serves."""
+    with balancer(tmp_path_factory.mktemp("pool"), ("s1", "s2", "s3")) as three:
+        yield three
 
 
 def args_for(target: str, **extra: Any) -> dict[str, Any]:
@@ -567,4 +590,164 @@ def test_every_starting_state_and_target(lb: LoadBalancer, lab_metrics: Any, sta
     lab_metrics.add(
         outcome + f"changed={applied['changed']} then {again['changed']}, ends {seen.admin}/{shown} "
         f"weight {seen.weight}, waited {applied['waited']:.3f} s, check mode changed={checked['changed']}"
+    )
+
+
+# --- lb_step: a whole traffic step on one load balancer, every server of a phase together -------
+
+
+def test_step_drains_two_servers_and_returns_when_both_are_idle(pool: LoadBalancer, lab_metrics: Any) -> None:
+    pool.reset()
+    # s3 out for a moment, so that roundrobin puts one slow request on s1 and the other on s2
+    assert cli(pool.sock, f"set server {BACKEND}/s3 state drain").strip() == ""
+    slow: dict[str, dict[str, Any]] = {}
+
+    def slow_request(seconds: float) -> None:
+        status, server = pool.get(f"/slow?s={seconds}")
+        slow[server] = {"status": status, "done": time.monotonic(), "seconds": seconds}
+
+    clients = [
+        threading.Thread(target=slow_request, args=(seconds,), name=f"slow-{seconds}") for seconds in (2, 3)
+    ]
+    clients[0].start()
+    wait_for(lambda: sum(seen.scur for seen in pool.look().values()) == 1, 5, "the first slow request")
+    clients[1].start()
+    wait_for(lambda: pool.look()["s1"].scur == pool.look()["s2"].scur == 1, 5, "a slow request on s1 and s2")
+    assert cli(pool.sock, f"set server {BACKEND}/s3 state ready").strip() == ""
+    wait_for(lambda: pool.look()["s3"].gets_traffic, 5, "s3 back in rotation")
+    short: list[tuple[int, str]] = []
+
+    def short_requests(observer: Observer) -> None:
+        def drained() -> bool:
+            return all(
+                observer.first_of(name, lambda seen: seen.admin == "drain") is not None
+                for name in ("s1", "s2")
+            )
+
+        wait_for(drained, 10, "s1 and s2 in DRAIN")
+        while len(slow) < 2:
+            short.append(pool.get("/"))
+            time.sleep(0.02)
+
+    with Observer(pool.sock, "s1") as observer:
+        traffic = threading.Thread(target=short_requests, args=(observer,), name="short-client")
+        traffic.start()
+        run, (result,) = pool.step({"drain": ["s1", "s2"], "poll_interval": POLL})
+        for client in clients:
+            client.join(timeout=10)
+        traffic.join(timeout=10)
+    assert run.returncode == 0 and not result.get("failed"), run.output[-3000:]
+    assert result["changed"] is True and result["commands"] == [
+        f"set server {BACKEND}/s1 state drain",
+        f"set server {BACKEND}/s2 state drain",
+    ]
+    assert {name: result["servers"][name]["admin"] for name in ("s1", "s2", "s3")} == {
+        "s1": "drain",
+        "s2": "drain",
+        "s3": "ready",
+    }
+    assert result["servers"]["s1"]["sessions"] == result["servers"]["s2"]["sessions"] == 0
+
+    # both in-flight requests completed, each on its drained server
+    assert sorted(slow) == ["s1", "s2"] and all(done["status"] == 200 for done in slow.values())
+    # the step returned shortly after the last one ended, not after the first: its wait began with DRAIN
+    drained_at = [observer.first_of(name, lambda seen: seen.admin == "drain") for name in ("s1", "s2")]
+    assert None not in drained_at
+    returned_at = max(at for at in drained_at if at is not None) + result["drain_wait"]
+    first_done, last_done = sorted(done["done"] for done in slow.values())
+    overshoot = returned_at - last_done
+    assert -0.05 < overshoot < 0.3, f"overshoot {overshoot:.3f} s (drain_wait {result['drain_wait']} s)"
+    assert returned_at > first_done + 0.5  # it did wait for the second, longer request
+    # nothing new reached s1 or s2: s3 served everything meanwhile
+    assert len(short) >= 10, short
+    assert all(answer == (200, "s3") for answer in short), short
+    lab_metrics.add(
+        f"lb_step drain s1+s2: in-flight 2 s and 3 s requests, drain_wait {result['drain_wait']:.3f} s, "
+        f"returned {overshoot * 1000:.0f} ms after the last one ended ({(returned_at - first_done):.2f} s "
+        f"after the first; poll {POLL} s); {len(short)} requests meanwhile all on s3"
+    )
+
+
+def test_step_readies_two_servers_from_maint_through_fresh_checks(
+    pool: LoadBalancer, lab_metrics: Any
+) -> None:
+    pool.reset()
+    for name in ("s1", "s2"):
+        assert cli(pool.sock, f"set server {BACKEND}/{name} state maint").strip() == ""
+    with Observer(pool.sock, "s1") as observer:
+        run, (result,) = pool.step({"ready": ["s1", "s2"], "poll_interval": POLL})
+    assert run.returncode == 0 and not result.get("failed"), run.output[-3000:]
+    assert result["changed"] is True
+    assert result["commands"] == [
+        f"set server {BACKEND}/{name} {argument}"
+        for name in ("s1", "s2")
+        for argument in ("state drain", "health down", "state ready")
+    ]
+    assert all(result["servers"][name]["in_rotation"] for name in ("s1", "s2", "s3"))
+    seen_up = {}
+    for name in ("s1", "s2"):
+        back = observer.first_of(name, lambda seen: seen.admin == "ready")
+        up = observer.first_of(name, lambda seen: seen.gets_traffic)
+        assert back is not None and up is not None, name
+        # re-entered rotation DOWN: HAProxy had to see `rise` fresh checks before it was UP
+        assert any(seen[name].admin == "ready" and not seen[name].up for _at, seen in observer.backend), name
+        seen_up[name] = up - back
+    expected = RISE * INTER
+    assert expected * 0.5 <= result["ready_wait"] <= expected + INTER + POLL + 0.5, result["ready_wait"]
+    assert result["drain_wait"] == 0
+    lab_metrics.add(
+        f"lb_step ready s1+s2 from MAINT: ready_wait {result['ready_wait']:.3f} s for both UP; rise x inter = "
+        f"{expected:.3f} s; observer saw READY->UP in {seen_up['s1']:.3f} s (s1), {seen_up['s2']:.3f} s (s2)"
+    )
+
+
+def test_step_ready_timeout_names_the_failing_server_and_drains_nothing(pool: LoadBalancer) -> None:
+    pool.reset()
+    for name in ("s1", "s2"):
+        assert cli(pool.sock, f"set server {BACKEND}/{name} state maint").strip() == ""
+    pool.backends["s2"].health_code = 503
+    run, (result,) = pool.step({"ready": ["s1", "s2"], "drain": ["s3"], "ready_timeout": 1})
+    assert result["failed"] is True, run.output[-3000:]
+    assert result["msg"].startswith(
+        f"1 of 2 ready server(s) not UP after 1.0 s (ready_timeout 1 s): {BACKEND}/s2:"
+    )
+    assert "L7STS 503" in result["msg"] and f"{BACKEND}/s1" not in result["msg"], result["msg"]
+    seen = pool.look()
+    assert (seen["s1"].gets_traffic, seen["s2"].admin, seen["s2"].up) == (True, "ready", False)
+    assert seen["s3"].admin == "ready"  # never drained: the ready phase did not end
+    assert not any("s3" in command for command in result["commands"])
+
+
+def test_step_ready_then_drain_in_one_call_then_idempotent(pool: LoadBalancer, lab_metrics: Any) -> None:
+    pool.reset()
+    assert cli(pool.sock, f"set server {BACKEND}/s1 state maint").strip() == ""
+    call = {"ready": ["s1"], "drain": ["s2"], "poll_interval": POLL}
+    with Observer(pool.sock, "s1") as observer:
+        run, (checked, applied, again) = pool.step(call, call, call, check_modes=(True, False, False))
+    assert not any(result.get("failed") for result in (checked, applied, again)), run.output[-3000:]
+
+    # check mode: what it would send, what HAProxy would show right after, no wait
+    assert checked["changed"] is True and checked["commands"] == applied["commands"]
+    assert checked["servers"]["s1"] == {
+        "admin": "ready",
+        "operational": "DOWN",
+        "in_rotation": False,
+        "sessions": 0,
+    }
+    assert checked["ready_wait"] == checked["drain_wait"] == 0
+
+    assert applied["changed"] is True and applied["commands"][-1] == f"set server {BACKEND}/s2 state drain"
+    up = observer.first_of("s1", lambda seen: seen.gets_traffic)
+    drained = observer.first_of("s2", lambda seen: seen.admin == "drain")
+    assert up is not None and drained is not None and drained >= up  # s2 left rotation only once s1 was UP
+    assert applied["servers"]["s1"]["in_rotation"] and applied["servers"]["s2"]["admin"] == "drain"
+
+    assert again["changed"] is False and again["commands"] == []
+    assert again["ready_wait"] == again["drain_wait"] == 0
+    seen = pool.look()
+    assert (seen["s1"].gets_traffic, seen["s2"].admin, seen["s3"].gets_traffic) == (True, "drain", True)
+    lab_metrics.add(
+        f"lb_step ready s1 + drain s2: ready_wait {applied['ready_wait']:.3f} s, drain_wait "
+        f"{applied['drain_wait']:.3f} s, s2 DRAIN {(drained - up) * 1000:.0f} ms after s1 UP; "
+        f"second call changed={again['changed']}, {len(again['commands'])} commands"
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ansible_collections.berth.fleet.plugins.module_utils.model.nodes import nodes
 from tests.integration.lab import (
@@ -141,16 +142,15 @@ class Load:
             self.process.wait()
 
 
-@pytest.fixture(scope="module")
-def rollout_lab(
-    lab_run_id: str, lab_image: dict[str, Any], lab_workdir: Path, lab_metrics: Any
+@contextlib.contextmanager
+def provisioned_lab(
+    shape: str, environment: str, lab_workdir: Path, lab_metrics: Any
 ) -> Iterator[RolloutLab]:
-    environment = f"r{lab_run_id}"
-    workdir = lab_workdir / "rollout"
+    """A lab of the shipped ``shape`` with catalog v1 deployed (a first deploy), destroyed afterwards."""
+    workdir = lab_workdir / f"rollout-{shape}"
     workdir.mkdir()
-    lab = RolloutLab(
-        environment, lab_spec(workdir / f"{environment}.berth.yml", environment, workdir / "state"), workdir
-    )
+    spec = lab_spec(workdir / f"{environment}.berth.yml", environment, workdir / "state", shape)
+    lab = RolloutLab(environment, spec, workdir)
     lab.hostvars = inventory_hostvars(lab.spec)
     machines = [n["name"] for n in nodes(lab.hostvars, sorted(lab.hostvars))]
     with destroyed_afterwards(lab.spec, lab.namespace, machines=lambda: machines):
@@ -161,9 +161,39 @@ def rollout_lab(
         first = lab.deploy("-e", "service=catalog")
         assert first.returncode == 0, first.output[-6000:]
         assert "(first deploy: nothing serving yet)" in first.output
-        lab_metrics.add(f"first deploy of catalog v1 to 4 empty instances: {first.seconds} s")
+        count = len(lab.instances("catalog"))
+        lab_metrics.add(f"{shape}: first deploy of catalog v1 to {count} empty instances: {first.seconds} s")
         assert set(lab.versions("catalog").values()) == {"v1"}
         yield lab
+
+
+@pytest.fixture(scope="module")
+def rollout_lab(
+    lab_run_id: str, lab_image: dict[str, Any], lab_workdir: Path, lab_metrics: Any
+) -> Iterator[RolloutLab]:
+    with provisioned_lab("lab", f"r{lab_run_id}", lab_workdir, lab_metrics) as lab:
+        yield lab
+
+
+def assert_capacity_held(lab: RolloutLab, report: dict[str, Any], max_unavailable: int) -> int:
+    """The capacity invariant, sampled from every load balancer at least every 250 ms: never fewer
+    than instances - max_unavailable UP, never all of a DC's instances out. Returns the fewest UP."""
+    members = lab.instances("catalog")
+    floor = len(members) - max_unavailable
+    dc_of = {host: lab.hostvars[host]["berth_dc"] for host in members}
+    samples = report["samples"]
+    gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(samples)]
+    assert statistics.median(gaps) <= 0.25 and len(samples) > 50
+    lowest = len(members)
+    for sample in samples:
+        for lb, up in sample["up"].items():
+            lowest = min(lowest, len(up))
+            assert len(up) >= floor, f"{lb} at {sample['t']} s had only {up} UP (floor {floor})"
+            for dc in set(dc_of.values()):
+                in_dc = [h for h in members if dc_of[h] == dc]
+                if len(in_dc) > 1:
+                    assert len([h for h in up if dc_of[h] == dc]) >= 1, (lb, sample)
+    return lowest
 
 
 def assert_no_request_lost(report: dict[str, Any]) -> None:
@@ -190,23 +220,8 @@ def test_rolling_upgrade_under_load_loses_no_request(rollout_lab: RolloutLab, la
     assert report["long"]["sent"] >= 4 * 25, report["long"]
     assert set(lab.versions("catalog").values()) == {"v2"}
 
-    # capacity invariant, sampled from both load balancers at least every 250 ms
-    members = lab.instances("catalog")
-    spec = lab.hostvars[members[0]]["berth_service_spec"]
-    floor = len(members) - spec["max_unavailable"]
-    dc_of = {host: lab.hostvars[host]["berth_dc"] for host in members}
-    samples = report["samples"]
-    gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(samples)]
-    assert statistics.median(gaps) <= 0.25 and len(samples) > 100
-    lowest = len(members)
-    for sample in samples:
-        for lb, up in sample["up"].items():
-            lowest = min(lowest, len(up))
-            assert len(up) >= floor, f"{lb} at {sample['t']} s had only {up} UP (floor {floor})"
-            for dc in set(dc_of.values()):
-                in_dc = [h for h in members if dc_of[h] == dc]
-                assert len([h for h in up if dc_of[h] == dc]) >= len(in_dc) - 1, (lb, sample)
-    assert lowest == floor  # the rollout did take instances out, one at a time
+    lowest = assert_capacity_held(lab, report, max_unavailable=1)
+    assert lowest == 3  # the rollout did take instances out, one at a time
     lab_metrics.add(
         f"rollout v1->v2 of 4 instances under load: {rollout.seconds} s; short {report['short']['sent']} "
         f"({report['short_rate']}/s), long {report['long']['sent']}, failed 0; fewest UP seen {lowest}/4"
@@ -217,7 +232,7 @@ def test_the_same_version_again_changes_nothing(rollout_lab: RolloutLab) -> None
     again = rollout_lab.deploy("-e", "service=catalog", "-e", "version=v2")
     assert again.returncode == 0, again.output[-4000:]
     assert again.changed == 0, again.output[-4000:]
-    assert "Stop new traffic" not in again.output  # nothing was drained
+    assert "Step | Every load balancer" not in again.output  # nothing was drained
     assert "nothing to do" in again.output
 
 
@@ -285,6 +300,37 @@ def test_rollback_returns_to_the_previous_revision(rollout_lab: RolloutLab) -> N
     assert set(rollout_lab.versions("catalog").values()) == {"v2"}
 
 
+def test_the_next_instance_drains_while_this_one_is_gated_and_the_invariant_holds(
+    rollout_lab: RolloutLab, lab_metrics: Any
+) -> None:
+    """max_unavailable 2, one instance per batch: the plan drains the next instance early."""
+    lab = rollout_lab
+    raw = yaml.safe_load(lab.spec.read_text())
+    raw["environment"]["services"]["catalog"]["max_unavailable"] = 2
+    spec = lab.workdir / "overlap" / lab.spec.name
+    spec.parent.mkdir(exist_ok=True)
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    overlapped = RolloutLab(lab.environment, spec, lab.workdir, lab.hostvars)
+    load = Load(overlapped, "catalog", "overlap")
+    try:
+        time.sleep(3)
+        rollout = overlapped.deploy("-e", "service=catalog", "-e", "version=v1", rollout_batch_size=1)
+        time.sleep(1)
+    finally:
+        report = load.stop()
+    assert rollout.returncode == 0, rollout.output[-6000:]
+    assert_no_request_lost(report)
+    assert set(lab.versions("catalog").values()) == {"v1"}
+    assert assert_capacity_held(lab, report, max_unavailable=2) >= 2
+    journal = lab.journal("catalog")
+    assert journal["status"] == "complete" and len(journal["batches_done"]) == 4
+    assert [b["overlapped"] for b in journal["batches_done"]] == [False, True, True, True], journal
+    lab_metrics.add(
+        f"overlapped rollout (1 per batch, max_unavailable 2) of 4 instances under load: {rollout.seconds} s, "
+        f"0 failed; fewest UP {min(len(up) for s in report['samples'] for up in s['up'].values())}/4"
+    )
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -318,7 +364,6 @@ def test_bad_input_is_refused_before_anything_is_touched(
 
 
 def test_max_unavailable_out_of_range_fails_at_the_inventory(rollout_lab: RolloutLab) -> None:
-    import yaml
 
     raw = yaml.safe_load(rollout_lab.spec.read_text())
     raw["environment"]["services"]["catalog"]["max_unavailable"] = 5
@@ -376,7 +421,6 @@ LB_ACTIONS = {
 def test_a_drained_instance_stays_out_of_rotation_through_reload_and_restart(
     rollout_lab: RolloutLab, action: str
 ) -> None:
-    import yaml
 
     lb = rollout_lab.lbs[0]
     instance = rollout_lab.instances("catalog")[0]
@@ -451,7 +495,7 @@ def test_reconcile_replaces_lost_machines_under_load_and_then_changes_nothing(
     refused = lab.deploy("-e", "service=catalog", "-e", f"version={target}")
     assert refused.returncode != 0
     assert f"{', '.join(lost)} of catalog did not answer SSH" in refused.output, refused.output[-3000:]
-    assert "PLAY [Deploy | rolling batches]" not in refused.output.split("did not answer SSH")[1]
+    assert "PLAY [Deploy | rolling steps" not in refused.output.split("did not answer SSH")[1]
     # what a reconcile would do, without doing it
     dry = lab.deploy("-e", "service=catalog", "--check", "--diff", playbook=RECONCILE)
     assert dry.returncode == 0, dry.output[-4000:]
@@ -504,3 +548,39 @@ def test_reconcile_refuses_an_unfinished_rollout(rollout_lab: RolloutLab) -> Non
         -3000:
     ]
     assert "PLAY [Provision" not in refused.output  # nothing touched
+
+
+# --- the CI shape: two instances of a service on one node -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ci_lab(
+    lab_run_id: str, lab_image: dict[str, Any], lab_workdir: Path, lab_metrics: Any
+) -> Iterator[RolloutLab]:
+    with provisioned_lab("ci", f"c{lab_run_id}", lab_workdir, lab_metrics) as lab:
+        yield lab
+
+
+def test_the_ci_shape_rolls_and_rolls_back_with_both_instances_on_one_node(
+    ci_lab: RolloutLab, lab_metrics: Any
+) -> None:
+    lab = ci_lab
+    members = lab.instances("catalog")
+    assert len({lab.hostvars[host]["berth_node"] for host in members}) == 1 and len(members) == 2
+    load = Load(lab, "catalog", "ci-v2")
+    try:
+        time.sleep(3)
+        rollout = lab.deploy("-e", "service=catalog", "-e", "version=v2")
+        time.sleep(1)
+    finally:
+        report = load.stop()
+    assert rollout.returncode == 0, rollout.output[-6000:]
+    assert_no_request_lost(report)
+    assert set(lab.versions("catalog").values()) == {"v2"}
+    assert assert_capacity_held(lab, report, max_unavailable=1) == 1
+    back = lab.deploy("-e", "service=catalog", playbook=ROLLBACK)
+    assert back.returncode == 0, back.output[-4000:]
+    assert set(lab.versions("catalog").values()) == {"v1"}
+    lab_metrics.add(
+        f"CI shape (2 instances on one node): rollout under load {rollout.seconds} s, 0 failed; rollback {back.seconds} s"
+    )

@@ -20,6 +20,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.member
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.plan import (
     MemberRequest,
+    admin_steps,
     plan_change,
     predict,
 )
@@ -34,6 +35,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.state 
     admin_from_flags,
     describe_check,
     operational_from,
+    read_servers,
 )
 from tests.lb_member_states import EXPECTED
 
@@ -142,7 +144,7 @@ class FakeHaproxy:
             self.run_checks()
         for name, at in self.sessions_end_at.items():
             if self.now >= at:
-                self.servers[name].scur = 0
+                self.servers[name].scur = self.servers[name].qcur = 0
 
     def run_checks(self) -> None:
         for server in self.servers.values():
@@ -201,7 +203,7 @@ class FakeHaproxy:
             return "No such proxy.\n\n"
         rows = [STAT_HEADER]
         for server in self.servers.values():
-            if server.server_id == server_id:
+            if server_id in (-1, server.server_id):  # -1: every server of the backend
                 paused = server.admin & 0x01
                 status, code, desc, last = ("", "", "", "") if paused else server.check_result
                 rows.append(
@@ -375,6 +377,36 @@ def test_get_state_unknown_backend_and_server(haproxy: FakeHaproxy) -> None:
         HaproxyServer(haproxy, "app", "zz").get_state()
 
 
+def test_read_servers_reads_a_whole_backend_in_two_round_trips(haproxy: FakeHaproxy) -> None:
+    for number in range(3, 30):
+        haproxy.add(f"s{number}")
+    haproxy.servers["s7"].scur = 2
+    states = read_servers(haproxy, "app")
+    assert haproxy.commands == ["show servers state app", "show stat 3 4 -1"]
+    assert list(states) == [f"s{number}" for number in range(1, 30)]  # the backend's order
+    assert states["s7"].current_sessions == 2 and states["s8"].current_sessions == 0
+    assert read_servers(haproxy, "app", "s7") == {"s7": states["s7"]}
+    assert haproxy.commands[-1] == "show stat 3 4 7"
+
+
+def test_read_servers_of_an_empty_backend_and_a_server_gone_meanwhile(haproxy: FakeHaproxy) -> None:
+    empty = FakeHaproxy()
+    assert read_servers(empty, "app") == {} and empty.commands == ["show servers state app"]
+    original = haproxy.show_servers_state
+
+    def with_a_removed_server(backend: str) -> str:
+        return (
+            original(backend).rstrip("\n")
+            + "\n3 app 9 s9 127.0.0.1 2 0 1 1 0 15 3 3 6 0 0 0 - 80 - 0 0 - - 0\n\n"
+        )
+
+    haproxy.show_servers_state = with_a_removed_server  # type: ignore[method-assign]
+    with pytest.raises(
+        HaproxyError, match=r"'show stat' has no row for app/s9 \(server removed meanwhile\?\)"
+    ):
+        read_servers(haproxy, "app")
+
+
 # --- validation ---------------------------------------------------------------------------------
 
 
@@ -534,6 +566,37 @@ def test_leaving_maint_goes_through_drain_and_health_down(haproxy: FakeHaproxy) 
     # DOWN after the command, UP after rise (2) checks at one per 0.1 s
     assert outcome.waited == pytest.approx(0.2)
     assert outcome.after.operational == "UP"
+
+
+def test_admin_steps_leave_maint_through_drain_only_with_health_checks() -> None:
+    assert [argument for argument, _why in admin_steps(state(admin="maint"), "ready")] == [
+        "state drain",
+        "health down",
+        "state ready",
+    ]
+    assert admin_steps(state(admin="maint", checks_enabled=False), "ready") == [
+        ("state ready", "set admin ready")
+    ]
+    assert admin_steps(state(admin="drain"), "ready") == [("state ready", "set admin ready")]
+    assert admin_steps(state(), "maint") == [("state maint", "set admin maint")]
+
+
+def test_apply_reports_the_last_poll_as_after_without_reading_again(haproxy: FakeHaproxy) -> None:
+    haproxy.servers["s1"].scur = 1
+    haproxy.sessions_end_at["s1"] = 0.25
+    outcome = manager(haproxy).apply(request(state="drain"), check_mode=False)
+    assert outcome.after.sessions == 0 and outcome.after.admin == "drain"
+    reads = haproxy.commands.count("show servers state app")
+    # before, after the change (verified, and the poll at 0), then the polls at 0.1, 0.2, 0.3: no more
+    assert reads == 5 and len(haproxy.commands) == 2 * reads + 1
+
+
+@pytest.mark.parametrize(("start", "target"), [("UP", "ready"), ("DRAIN", "drain"), ("MAINT", "maint")])
+def test_apply_on_a_server_already_there_reads_it_once(haproxy: FakeHaproxy, start: str, target: str) -> None:
+    put(haproxy, start)
+    outcome = manager(haproxy).apply(request(state=target), check_mode=False)
+    assert not outcome.changed and outcome.waited == 0.0
+    assert haproxy.commands == ["show servers state app", "show stat 3 4 1"]  # the wait's first look too
 
 
 def test_leaving_maint_with_a_failing_check_never_reports_up(haproxy: FakeHaproxy) -> None:

@@ -200,7 +200,10 @@ def test_a_first_deploy_enables_the_unit_once_it_passed_its_gate(
     assert f"enable {UNIT}" in checked.actions and not fake.enabled
     result = cycle(root, fake, health.url, "v1").run()
     assert result.actions[-1] == f"enable {UNIT}" and fake.enabled
-    assert [verb for verb, _version in fake.calls if verb in (*CHANGING, "enable")][-2:] == ["start", "enable"]
+    assert [verb for verb, _version in fake.calls if verb in (*CHANGING, "enable")][-2:] == [
+        "start",
+        "enable",
+    ]
     again = cycle(root, fake, health.url, "v1").run()
     assert not again.changed and [verb for verb, _version in fake.calls].count("enable") == 1
 

@@ -105,3 +105,48 @@ def test_a_load_balancer_that_fails_its_step_halts_the_rollout() -> None:
     assert (journal["status"], journal["halted_at"]) == ("halted", "lb-dc2")
     unreachable = record_cycle(started()[0], 0, "catalog-1", {"unreachable": True, "msg": "ssh: no route"})
     assert unreachable["status"] == "halted" and unreachable["reason"] == "ssh: no route"
+
+
+def test_the_halt_state_names_the_first_failure_and_who_stays_out() -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils.planner.progress import halt_state
+
+    ok = {"catalog-1": {"changed": True}, "catalog-2": {"skipped": True}}
+    assert halt_state({}, ["catalog-1", "catalog-2"], ok) == {}
+    failed = {
+        "catalog-1": {
+            "failed": True,
+            "msg": "v3 failed",
+            "reverted": True,
+            "reverted_healthy": True,
+            "version": "v2",
+        },
+        "catalog-2": {
+            "failed": True,
+            "msg": "no previous release",
+            "reverted": False,
+            "reverted_healthy": False,
+        },
+    }
+    halt = halt_state({}, ["catalog-1", "catalog-2"], failed)
+    assert halt == {
+        "host": "catalog-1",
+        "reason": "v3 failed",
+        "keep_out": ["catalog-2"],
+        "outcome": [
+            "catalog-1 is back on v2 and in rotation",
+            "catalog-2 had no previous release to go back to and stays out of rotation",
+        ],
+    }
+    later = halt_state(halt, ["lb-dc1"], {"lb-dc1": {"unreachable": True}})
+    assert later["reason"] == "v3 failed" and later["keep_out"] == ["catalog-2", "lb-dc1"]
+
+
+def test_without_load_balancers_the_rollout_completes_when_every_instance_is_cycled() -> None:
+    journal, steps = started()
+    journal = run_started(journal, steps, [])
+    for host in steps[0]["cycle"]:
+        journal = record_cycle(journal, 0, host, {"risen_after": 0.5})
+    assert journal["status"] == "running"
+    for host in steps[1]["cycle"]:
+        journal = record_cycle(journal, 1, host, {"risen_after": 0.5})
+    assert journal["status"] == "complete"

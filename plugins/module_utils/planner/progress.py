@@ -97,9 +97,16 @@ def settle(journal: Mapping[str, Any]) -> dict[str, Any]:
     ]
     earlier = [b for b in journal.get("batches_done", []) if b.get("run") != run.get("id")]
     settled = {**journal, "batches_done": earlier + done_here}
-    last = events.get(str(len(steps) - 1), {}).get("traffic", {})
-    if steps and journal.get("status") == "running" and _all_ok(last, lbs):
-        settled["status"] = "complete"
+    if (
+        steps
+        and journal.get("status") == "running"
+        and all(
+            _all_ok(events.get(str(index), {}).get("traffic", {}), lbs)
+            and _all_ok(events.get(str(index), {}).get("cycle", {}), step["cycle"])
+            for index, step in enumerate(steps)
+        )
+    ):
+        settled["status"] = "complete"  # every step done on every LB and every instance
     return settled
 
 
@@ -117,14 +124,61 @@ def _batch_record(
     back = events.get(str(index + 1), {}).get("traffic", {})
     if not hosts or not _all_ok(drained, lbs) or not _all_ok(cycled, hosts) or not _all_ok(back, lbs):
         return None
-    started = min(drained[lb]["started"] for lb in lbs)
-    up_at = max(back[lb]["started"] + back[lb]["ready_wait"] for lb in lbs)
+    if lbs:
+        started = min(drained[lb]["started"] for lb in lbs)
+        seconds = max(back[lb]["started"] + back[lb]["ready_wait"] for lb in lbs) - started
+    else:  # nothing to drain or ready: the batch took as long as its slowest cycle
+        seconds = max(cycled[host]["seconds"] for host in hosts)
     return {
         "hosts": hosts,
-        "seconds": round(up_at - started, 2),
-        "drain_wait": round(max(drained[lb]["drain_wait"] for lb in lbs), 2),
+        "seconds": round(seconds, 2),
+        "drain_wait": round(max((drained[lb]["drain_wait"] for lb in lbs), default=0.0), 2),
         "risen_after": round(max(cycled[host]["risen_after"] for host in hosts), 2),
-        "ready_wait": round(max(back[lb]["ready_wait"] for lb in lbs), 2),
+        "ready_wait": round(max((back[lb]["ready_wait"] for lb in lbs), default=0.0), 2),
         # drained early, while the batch before it was cycled: its drain wait overlapped
         "overlapped": bool(index and steps[index - 1]["early"]),
     }
+
+
+def failures(hosts: list[str], results: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The hosts whose registered step result failed (or could not be reached), with why, and for
+    an instance what became of it: back on its previous release and healthy, or out."""
+    found = []
+    for host in hosts:
+        result = results.get(host) or {}
+        if not (result.get("failed") or result.get("unreachable")):
+            continue
+        back = bool(result.get("reverted_healthy"))
+        if back:
+            outcome = f"{host} is back on {result.get('version')} and in rotation"
+        elif result.get("unreachable"):
+            outcome = f"{host} could not be reached and stays out of rotation"
+        elif "reverted" in result or "gate" in result:  # an instance step
+            outcome = f"{host} had no previous release to go back to and stays out of rotation"
+        else:
+            outcome = ""
+        found.append(
+            {
+                "host": host,
+                "msg": str(result.get("msg", "unreachable" if result.get("unreachable") else "?")),
+                "back": "yes" if back else "no",
+                "outcome": outcome,
+            }
+        )
+    return found
+
+
+def halt_state(previous: Mapping[str, Any], hosts: list[str], results: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether the rollout stops after this phase: ``{}`` to go on, else where (``host``) and why
+    (``reason``) it first failed, what became of each failed instance (``outcome``) and the hosts
+    that must stay out of rotation (``keep_out``: a failed instance whose revert did not come back
+    healthy, an LB or instance that could not be reached)."""
+    found = failures(hosts, results)
+    if not found:
+        return dict(previous)
+    halt = dict(previous) or {"host": found[0]["host"], "reason": found[0]["msg"], "outcome": []}
+    halt["keep_out"] = sorted(
+        {*previous.get("keep_out", []), *(f["host"] for f in found if f["back"] == "no")}
+    )
+    halt["outcome"] = [*halt["outcome"], *(f["outcome"] for f in found if f["outcome"])]
+    return halt

@@ -9,8 +9,8 @@ HAProxy 2.6 facts this relies on (checked against Debian's 2.6.12):
 - Leaving MAINT puts a health-checked server straight back UP (check health reset to ``rise``,
   stale check result kept) before any new check has run: a broken release would take traffic until
   ``fall`` checks fail. ``set server health down`` is ignored while in MAINT. So ``ready`` from
-  MAINT goes MAINT -> DRAIN -> health down -> READY: the server is DOWN when it re-enters rotation
-  and HAProxy only sends it traffic after ``rise`` fresh successful checks.
+  MAINT goes MAINT -> DRAIN -> health down -> READY (:func:`.plan.admin_steps`): the server is DOWN
+  when it re-enters rotation and HAProxy only sends it traffic after ``rise`` fresh successful checks.
 - ``set server health down`` on a server without checks marks it DOWN for good: only used when
   health checks are enabled.
 """
@@ -24,6 +24,7 @@ from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.plan import (
     MemberRequest,
+    admin_steps,
     plan_change,
     predict,
 )
@@ -38,6 +39,16 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.state 
     MAX_WEIGHT,
     ServerState,
     read_server,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.wait import (
+    Waited,
+    health_detail,
+    is_idle,
+    is_up,
+    poll_until,
+    reusing,
+    sessions_detail,
+    wait_servers,
 )
 
 
@@ -128,77 +139,66 @@ class HaproxyServer:
     def shutdown_sessions(self) -> None:
         self.command(f"shutdown sessions server {self.name}")
 
-    def leave_maintenance(self, checks_enabled: bool) -> list[str]:
-        """MAINT -> READY such that the server re-enters rotation DOWN and must pass `rise` checks."""
-        if not checks_enabled:
-            self.set_admin("ready")
-            return ["set admin ready"]
-        self.set_admin("drain")
-        self.command(f"set server {self.name} health down")
-        self.set_admin("ready")
-        return [
-            "set admin drain",
-            "set health down (fresh checks decide, not the one before MAINT)",
-            "set admin ready",
-        ]
+    def change_admin(self, before: ServerState, admin: str) -> list[str]:
+        """Take the server from ``before`` to ``admin``; the actions done (READY from MAINT: three)."""
+        actions: list[str] = []
+        for argument, action in admin_steps(before, admin):
+            self.command(f"set server {self.name} {argument}")
+            actions.append(action)
+        return actions
 
     # waiting
 
     def wait_until(
         self, predicate: Callable[[ServerState], bool], timeout: float, poll_interval: float
     ) -> float:
-        """Poll until ``predicate(state)``; return the seconds waited or raise HaproxyTimeout.
-
-        The last poll happens at the deadline, so a timeout never ends without a final look.
-        """
-        started = self.clock()
-        deadline = started + timeout
-        while True:
-            state = self.get_state()
-            now = self.clock()
-            if predicate(state):
-                return now - started
-            if now >= deadline:
-                raise HaproxyTimeout(
-                    f"{self.name}: timed out after {now - started:.2f} s", state, now - started
-                )
-            self.sleep(min(poll_interval, deadline - now))
+        """Poll until ``predicate(state)``; return the seconds waited or raise HaproxyTimeout."""
+        done, elapsed, state = poll_until(
+            self.get_state, predicate, timeout, poll_interval, self.clock, self.sleep
+        )
+        if not done:
+            raise HaproxyTimeout(f"{self.name}: timed out after {elapsed:.2f} s", state, elapsed)
+        return elapsed
 
     def wait_for_no_sessions(self, timeout: float, poll_interval: float) -> float:
-        try:
-            return self.wait_until(lambda state: state.sessions == 0, timeout, poll_interval)
-        except HaproxyTimeout as exc:
-            last = exc.state
-            raise HaproxyTimeout(
-                f"{self.name} still has {last.current_sessions} session(s) and {last.queued_sessions} queued "
-                f"after {exc.elapsed:.1f} s (drain_timeout {timeout:g} s); it stays {last.admin.upper()}. "
-                "Raise drain_timeout, or use state=maint with shutdown_sessions=true to cut them",
-                last,
-                exc.elapsed,
-            ) from None
+        return self._wait_for("no_sessions", timeout, poll_interval).elapsed
 
     def wait_for_up(self, timeout: float, poll_interval: float) -> float:
-        concluded: list[ServerState] = []  # polls that saw a finished check, not one in progress
+        return self._wait_for("up", timeout, poll_interval).elapsed
 
-        def up(state: ServerState) -> bool:
-            if state.check_status and not state.check_status.startswith("*"):
-                concluded.append(state)
-            return state.in_rotation
-
-        try:
-            return self.wait_until(up, timeout, poll_interval)
-        except HaproxyTimeout as exc:
-            last = exc.state
-            told = concluded[-1] if concluded else last
-            check = told.check_status or "no check result"
-            detail = f" ({told.last_check})" if told.last_check else ""
-            raise HaproxyTimeout(
-                f"{self.name} is not UP after {exc.elapsed:.1f} s (ready_timeout {timeout:g} s): "
-                f"operational {last.operational}, admin {last.admin}, last health check {check}{detail}. "
-                "It stays READY: HAProxy sends it traffic as soon as its checks pass",
-                last,
-                exc.elapsed,
-            ) from None
+    def _wait_for(
+        self, wait_for: str, timeout: float, poll_interval: float, first: ServerState | None = None
+    ) -> Waited:
+        """Wait until the server has no session left (``no_sessions``) or is ``up``, or raise
+        HaproxyTimeout saying why not; ``first``, a state read since the last command, is the first poll.
+        """
+        read = reusing(first, self.get_state)
+        arrived = is_idle if wait_for == "no_sessions" else is_up
+        waited = wait_servers(
+            lambda: {self.server: read()},
+            [self.server],
+            arrived,
+            timeout,
+            poll_interval,
+            self.clock,
+            self.sleep,
+        )
+        if waited.done:
+            return waited
+        last = waited.states[self.server]
+        if wait_for == "no_sessions":
+            message = (
+                f"{self.name} still has {sessions_detail(last)} after {waited.elapsed:.1f} s "
+                f"(drain_timeout {timeout:g} s); it stays {last.admin.upper()}. "
+                "Raise drain_timeout, or use state=maint with shutdown_sessions=true to cut them"
+            )
+        else:
+            message = (
+                f"{self.name} is not UP after {waited.elapsed:.1f} s (ready_timeout {timeout:g} s): "
+                f"{health_detail(last, waited.checked.get(self.server))}. "
+                "It stays READY: HAProxy sends it traffic as soon as its checks pass"
+            )
+        raise HaproxyTimeout(message, last, waited.elapsed)
 
     # the whole job
 
@@ -209,28 +209,29 @@ class HaproxyServer:
             return Outcome(plan.changed, before, predict(before, plan), 0.0, plan.describe(), plan.note)
         actions: list[str] = []
         changed = False
+        latest: ServerState | None = before  # the newest state read; None once a command made it stale
         try:
             if plan.weight is not None:
                 self.set_weight(plan.weight)
                 actions.append(f"set weight {plan.weight}")
-                changed = True
+                changed, latest = True, None
             if plan.admin is not None:
-                if before.admin == "maint" and plan.admin == "ready":
-                    actions.extend(self.leave_maintenance(before.checks_enabled))
-                else:
-                    self.set_admin(plan.admin)
-                    actions.append(f"set admin {plan.admin}")
-                changed = True
-                self._verify_admin(plan.admin)
-            if request.state == "maint" and request.shutdown_sessions and self.get_state().sessions > 0:
+                actions.extend(self.change_admin(before, plan.admin))
+                changed, latest = True, self.get_state()
+                verify_admin(latest, plan.admin)
+            if (
+                request.state == "maint"
+                and request.shutdown_sessions
+                and (latest or self.get_state()).sessions
+            ):
                 self.shutdown_sessions()
                 actions.append("shutdown sessions")
-                changed = True
+                changed, latest = True, None
             waited = 0.0
-            if plan.wait_for == "no_sessions":
-                waited = self.wait_for_no_sessions(request.drain_timeout, request.poll_interval)
-            elif plan.wait_for == "up":
-                waited = self.wait_for_up(request.ready_timeout, request.poll_interval)
+            if plan.wait_for is not None:
+                timeout = request.drain_timeout if plan.wait_for == "no_sessions" else request.ready_timeout
+                done = self._wait_for(plan.wait_for, timeout, request.poll_interval, latest)
+                waited, latest = done.elapsed, done.states[self.server]
         except HaproxyTimeout as exc:
             exc.details.update(
                 changed=changed,
@@ -243,17 +244,18 @@ class HaproxyServer:
         except HaproxyError as exc:
             exc.details.update(changed=changed, before=before.as_dict(), actions=actions)
             raise
-        return Outcome(changed, before, self.get_state(), waited, actions, plan.note)
+        return Outcome(changed, before, latest or self.get_state(), waited, actions, plan.note)
 
-    def _verify_admin(self, admin: str) -> None:
-        state = self.get_state()
-        if state.admin != admin:
-            reasons = ", ".join(state.admin_reasons) or "none"
-            raise HaproxyError(
-                f"HAProxy accepted the change but {self.name} is still {state.admin.upper()} "
-                f"(admin flags 0x{state.admin_flags:02x}: {reasons}); the Runtime API only clears forced "
-                "states: change the tracked server or the configuration instead"
-            )
+
+def verify_admin(state: ServerState, admin: str) -> None:
+    """Fail when HAProxy accepted an admin change that did not happen (a maintenance it cannot clear)."""
+    if state.admin != admin:
+        reasons = ", ".join(state.admin_reasons) or "none"
+        raise HaproxyError(
+            f"HAProxy accepted the change but {state.backend}/{state.server} is still {state.admin.upper()} "
+            f"(admin flags 0x{state.admin_flags:02x}: {reasons}); the Runtime API only clears forced "
+            "states: change the tracked server or the configuration instead"
+        )
 
 
 def apply_request(request: MemberRequest, check_mode: bool, transport: Transport | None = None) -> Outcome:

@@ -28,6 +28,22 @@ MAX_POLL_INTERVAL = 0.25
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
+# --- the rules (lb_step's request follows them too) ----------------------------------------------
+
+
+def name_problem(what: str, name: str) -> str | None:
+    """Why ``name`` cannot be the HAProxy object ``what`` (a backend, a server), or None."""
+    if _NAME_RE.match(name):
+        return None
+    return f"{what} {name!r} is not an HAProxy name (letters, digits, '-', '_', '.', ':')"
+
+
+def poll_interval_problem(poll_interval: float) -> str | None:
+    if 0 < poll_interval <= MAX_POLL_INTERVAL:
+        return None
+    return f"poll_interval must be > 0 and <= {MAX_POLL_INTERVAL}, not {poll_interval:g}"
+
+
 # --- the request --------------------------------------------------------------------------------
 
 
@@ -71,10 +87,9 @@ class MemberRequest:
         if not self.socket.strip():
             problems.append("socket must be a path")
         for what, name in (("backend", self.backend), ("server", self.server)):
-            if not _NAME_RE.match(name):
-                problems.append(
-                    f"{what} {name!r} is not an HAProxy name (letters, digits, '-', '_', '.', ':')"
-                )
+            problem = name_problem(what, name)
+            if problem:
+                problems.append(problem)
         if self.state not in TARGET_STATES:
             problems.append(f"state must be one of {', '.join(TARGET_STATES)}, not {self.state!r}")
         if self.state == "weight":
@@ -86,10 +101,9 @@ class MemberRequest:
             problems.append(f"weight is only used with state=weight (state is {self.state})")
         if self.shutdown_sessions and self.state != "maint":
             problems.append(f"shutdown_sessions is only used with state=maint (state is {self.state})")
-        if not 0 < self.poll_interval <= MAX_POLL_INTERVAL:
-            problems.append(
-                f"poll_interval must be > 0 and <= {MAX_POLL_INTERVAL}, not {self.poll_interval:g}"
-            )
+        problem = poll_interval_problem(self.poll_interval)
+        if problem:
+            problems.append(problem)
         for what, value in (("drain_timeout", self.drain_timeout), ("ready_timeout", self.ready_timeout)):
             if value < 0:
                 problems.append(f"{what} must be >= 0, not {value:g}")
@@ -146,6 +160,22 @@ def plan_change(before: ServerState, request: MemberRequest) -> Plan:
             wait_for="no_sessions" if wait else None,
         )
     return Plan(admin="ready" if before.admin != "ready" else None, wait_for="up" if wait else None)
+
+
+def admin_steps(before: ServerState, admin: str) -> list[tuple[str, str]]:
+    """The ``set server <backend>/<server> ...`` arguments that take ``before`` to ``admin``, in order,
+    each with the action lb_member reports for it.
+
+    READY from MAINT on a health-checked server goes through DRAIN and ``health down``: the server
+    re-enters rotation DOWN and HAProxy waits for ``rise`` fresh checks (see :mod:`.member`).
+    """
+    if before.admin == "maint" and admin == "ready" and before.checks_enabled:
+        return [
+            ("state drain", "set admin drain"),
+            ("health down", "set health down (fresh checks decide, not the one before MAINT)"),
+            ("state ready", "set admin ready"),
+        ]
+    return [(f"state {admin}", f"set admin {admin}")]
 
 
 def predict(before: ServerState, plan: Plan) -> ServerState:

@@ -9,8 +9,9 @@ HAProxy 2.6 facts this relies on (checked against Debian's 2.6.12):
 
 - ``show servers state <backend>`` gives the admin bit field, the operational state, the user
   weight and the backend/server ids; ``show stat <be_id> 4 <srv_id>`` gives exactly that server's
-  row (sessions, queue, last health check). Ids rather than names: ``show stat`` reads a numeric
-  first argument as an id, so a backend named ``123`` would be ambiguous.
+  row (sessions, queue, last health check), ``show stat <be_id> 4 -1`` the rows of every server of
+  the backend. Ids rather than names: ``show stat`` reads a numeric first argument as an id, so a
+  backend named ``123`` would be ambiguous.
 - A command that succeeds answers an empty line; a refused one answers a sentence
   ("No such server.", "Permission denied", ...).
 """

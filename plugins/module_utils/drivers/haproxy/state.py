@@ -4,7 +4,8 @@ sessions, last health check.
 
 A state is built from two answers: the server's line of ``show servers state <backend>`` and its
 row of ``show stat``. Both answers cover a whole backend, so :func:`build_states` pairs any number
-of servers at once; :func:`read_server` asks for one server.
+of servers at once: :func:`read_servers` reads every server of a backend (or one) in two round trips,
+whatever their number; :func:`read_server` is its one-server case.
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ class ServerState:
         """What diff shows: the two things this module changes."""
         return {"admin": self.admin, "weight": self.weight}
 
+    def brief(self) -> dict[str, Any]:
+        """What lb_step returns of a server: its place in rotation and what is still bound to it."""
+        return {
+            "admin": self.admin,
+            "operational": self.operational,
+            "in_rotation": self.in_rotation,
+            "sessions": self.sessions,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for internal in ("backend_id", "server_id", "admin_flags"):
@@ -161,15 +171,33 @@ def build_states(
     return states
 
 
+def read_servers(transport: Transport, backend: str, server: str | None = None) -> dict[str, ServerState]:
+    """Every server of ``backend`` by name, in the backend's order (or only ``server``): two round trips.
+
+    ``show servers state <backend>`` gives the backend's id, then ``show stat <be_id> 4 -1`` every
+    server row of that backend at once (``show stat <be_id> 4 <srv_id>`` the one row of ``server``).
+    """
+    rows = parse_servers_state(transport(f"show servers state {backend}"), backend)
+    if server is not None:
+        row = rows.get(server)
+        if row is None:
+            known = ", ".join(sorted(rows)) or "none"
+            raise HaproxyError(f"backend {backend!r} has no server {server!r} (servers: {known})")
+        rows = {server: row}
+    if not rows:
+        return {}
+    first = next(iter(rows.values()))
+    server_id = first.server_id if server is not None else -1
+    states = build_states(
+        backend, rows, parse_stat_csv(transport(f"show stat {first.backend_id} 4 {server_id}"))
+    )
+    missing = [name for name in rows if name not in states]
+    if missing:
+        names = ", ".join(f"{backend}/{name}" for name in missing)
+        raise HaproxyError(f"'show stat' has no row for {names} (server removed meanwhile?)")
+    return {name: states[name] for name in rows}
+
+
 def read_server(transport: Transport, backend: str, server: str) -> ServerState:
     """One server's state: its backend's ``show servers state``, then that server's ``show stat`` row."""
-    rows = parse_servers_state(transport(f"show servers state {backend}"), backend)
-    row = rows.get(server)
-    if row is None:
-        known = ", ".join(sorted(rows)) or "none"
-        raise HaproxyError(f"backend {backend!r} has no server {server!r} (servers: {known})")
-    stat_rows = parse_stat_csv(transport(f"show stat {row.backend_id} 4 {row.server_id}"))
-    states = build_states(backend, {server: row}, stat_rows)
-    if server not in states:
-        raise HaproxyError(f"'show stat' has no row for {backend}/{server} (server removed meanwhile?)")
-    return states[server]
+    return read_servers(transport, backend, server)[server]
