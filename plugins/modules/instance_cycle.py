@@ -26,23 +26,13 @@ description:
   - The release must be staged already (M(berth.fleet.release) with
     O(berth.fleet.release#module:state=present)); if it is not, the task fails before stopping anything.
   - Every step is timed (RV(stop_seconds), RV(start_seconds), RV(risen_after), RV(waited), RV(seconds)).
+extends_documentation_fragment:
+  - berth.fleet.release
 options:
-  instance:
-    description: The instance (inventory host), for example C(catalog-2).
-    type: str
-    required: true
-  artifact:
-    description: Artifact name, for example C(catalog).
-    type: str
-    required: true
   version:
     description: The staged release version to run.
     type: str
     required: true
-  root:
-    description: Where releases and instance links live (as for M(berth.fleet.release)).
-    type: path
-    default: /opt/berth
   unit:
     description: The instance's systemd service unit, for example C(berth-catalog-2.service).
     type: str

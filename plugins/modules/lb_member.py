@@ -24,15 +24,9 @@ description:
     C(rise) fresh successful health checks. HAProxy itself would mark it UP at once, trusting the
     last check result from before the maintenance.
   - Runs on the load balancer (delegate to it) with the system Python; needs no Python packages.
+extends_documentation_fragment:
+  - berth.fleet.haproxy_runtime
 options:
-  socket:
-    description: Path of the HAProxy stats socket, configured with C(level admin).
-    type: path
-    default: /run/haproxy/admin.sock
-  backend:
-    description: Name of the backend (proxy) the server belongs to.
-    type: str
-    required: true
   server:
     description: Name of the server in O(backend).
     type: str

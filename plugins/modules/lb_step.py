@@ -27,15 +27,9 @@ description:
   - Everything is validated before the socket is touched, and every named server must exist in
     O(backend) before any command is sent.
   - Needs no Python packages on the load balancer (standard library only).
+extends_documentation_fragment:
+  - berth.fleet.haproxy_runtime
 options:
-  socket:
-    description: Path of the HAProxy stats socket, configured with C(level admin).
-    type: path
-    default: /run/haproxy/admin.sock
-  backend:
-    description: Name of the backend (proxy) the servers belong to.
-    type: str
-    required: true
   ready:
     description:
       - Servers to put in rotation (admin READY), then wait for until HAProxy reports them UP.

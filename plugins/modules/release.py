@@ -14,15 +14,9 @@ description:
     an atomic symlink rename; the release that was current is kept as C(previous), so a revert is a
     rename too.
   - A version is immutable - a staged release whose checksum differs from O(sha256) is refused.
+extends_documentation_fragment:
+  - berth.fleet.release
 options:
-  instance:
-    description: The instance (inventory host), for example C(catalog-2).
-    type: str
-    required: true
-  artifact:
-    description: Artifact name, for example C(catalog).
-    type: str
-    required: true
   version:
     description: Release version. Required unless O(state=reverted) or O(state=query).
     type: str
@@ -39,10 +33,6 @@ options:
     type: str
     choices: [present, current, reverted, query]
     default: current
-  root:
-    description: Where releases and instance links live.
-    type: path
-    default: /opt/berth
 attributes:
   check_mode:
     support: full
