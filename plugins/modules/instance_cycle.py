@@ -188,13 +188,13 @@ from pathlib import Path
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.command import subprocess_runner
+from ansible_collections.berth.fleet.plugins.module_utils.common.systemd import Systemctl
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.cycle import (
     CycleError,
     CycleRequest,
     InstanceCycle,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.health import GatePolicy
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.systemd import Systemctl
 
 HEALTH_OPTIONS = {
     "url": {"type": "str", "required": True},

@@ -13,9 +13,10 @@ description:
   - Runs on the load balancer itself (one task per load balancer, all of them in parallel as hosts of
     the play) and does the whole traffic step of a rollout batch through HAProxy's Runtime API, in
     this order, every server of a phase together.
-  - 1. Puts every O(ready) server in rotation, as M(berth.fleet.lb_member) O(state=ready) does for
-    one. From MAINT it comes back B(DOWN), so that HAProxy sends it traffic only after C(rise) fresh
-    successful health checks, not on the strength of the check before the maintenance.
+  - 1. Puts every O(ready) server in rotation, as M(berth.fleet.lb_member) with
+    O(berth.fleet.lb_member#module:state=ready) does for one. From MAINT it comes back B(DOWN), so
+    that HAProxy sends it traffic only after C(rise) fresh successful health checks, not on the
+    strength of the check before the maintenance.
   - 2. Waits until every O(ready) server is UP and in rotation.
   - 3. Sets every O(drain) server to DRAIN (new connections stop; health checks go on). A server
     already in MAINT is already out of rotation and B(stays in MAINT).

@@ -19,6 +19,7 @@ import pytest
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.command import CommandResult
 from ansible_collections.berth.fleet.plugins.module_utils.common.fs import sha256_file
+from ansible_collections.berth.fleet.plugins.module_utils.common.systemd import Systemctl
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.cycle import (
     CycleError,
     CycleRequest,
@@ -32,7 +33,6 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.release i
     ReleaseRequest,
     version_of_link,
 )
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.systemd import Systemctl
 from tests.ports import free_port
 from tests.unit.test_release_and_health import make_package
 

@@ -20,6 +20,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ansible_collections.berth.fleet.plugins.module_utils.common.systemd import (
+    Systemctl,
+    SystemdError,
+    UnitState,
+    unit_problem,
+)
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.health import (
     GateOutcome,
     GatePolicy,
@@ -31,12 +37,6 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.release i
     ReleaseManager,
     ReleaseRequest,
     read_marker,
-)
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.systemd import (
-    Systemctl,
-    SystemdError,
-    UnitState,
-    unit_problem,
 )
 
 QUICK_GATE_MIN_SECONDS = 2.0  # the deadline of the quick gate: max(this, 4 x rise x interval)

@@ -1,5 +1,5 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A systemd unit on the node, through ``systemctl``: its state, stop, start, daemon-reload.
+"""A systemd unit on a host, through ``systemctl``: its state, stop, start, reload, enable, daemon-reload.
 
 Every call goes through a command runner (``common.command.Runner``) so tests can fake systemctl.
 Runs on the node (stdlib only).
@@ -100,6 +100,10 @@ class Systemctl:
 
     def start(self, unit: str) -> float:
         return self._timed([self.binary, "start", unit])
+
+    def reload(self, unit: str) -> float:
+        """The unit's own ExecReload (for HAProxy: save server state, check, USR2: seamless)."""
+        return self._timed([self.binary, "reload", unit])
 
     def enable(self, unit: str) -> float:
         """Starts the unit at boot (a node that reboots brings its instance back)."""
