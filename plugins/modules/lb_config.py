@@ -89,12 +89,12 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.config
     ConfigRequest,
     LoadBalancerConfig,
     ManagedFile,
+    read_after_checks,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
     HaproxyError,
     UnixSocketTransport,
 )
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.state import read_servers
 
 
 def managed(raw: dict[str, Any], what: str, module: AnsibleModule) -> ManagedFile:
@@ -130,10 +130,11 @@ def main() -> None:
     transport = UnixSocketTransport(params["socket"])
     servers: dict[str, Any] = {}
     try:
-        for backend in params["backends"]:
+        # after a start or reload, new servers count as UP until their first check: wait for it
+        seen = read_after_checks(transport, params["backends"])
+        for backend, states in seen.items():
             servers[backend] = {
-                name: dict(state.as_dict(), in_rotation=state.in_rotation)
-                for name, state in read_servers(transport, backend).items()
+                name: dict(state.as_dict(), in_rotation=state.in_rotation) for name, state in states.items()
             }
     except HaproxyError as exc:
         if not module.check_mode:

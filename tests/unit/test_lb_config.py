@@ -105,3 +105,32 @@ def test_bad_requests_are_refused_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(HaproxyError, match="every file must be named once"):
         apply(twice, host)
     assert host.calls == []
+
+
+def test_servers_are_reported_once_their_first_check_ran_never_up_on_no_evidence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy import config
+    from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.state import ServerState
+
+    def server(name: str, check: str) -> ServerState:
+        return ServerState("be_app", name, "ready", "UP", 0, 0, 1, check, "")
+
+    answers = iter(
+        [
+            {"s1": server("s1", "* INI"), "s2": server("s2", "INI")},  # just started: assumed UP
+            {"s1": server("s1", "L4CON"), "s2": server("s2", "INI")},
+            {"s1": server("s1", "L4CON"), "s2": server("s2", "L7OK 200")},
+        ]
+    )
+    monkeypatch.setattr(config, "read_servers", lambda transport, backend: next(answers))
+    clock = iter(range(100))
+    seen = config.read_after_checks(None, ["be_app"], clock=lambda: next(clock), sleep=lambda s: None)  # type: ignore[arg-type]
+    assert [s.check_status for s in seen["be_app"].values()] == ["L4CON", "L7OK 200"]
+    stuck = iter([{"s1": server("s1", "INI")}] * 20)
+    monkeypatch.setattr(config, "read_servers", lambda transport, backend: next(stuck))
+    clock = iter(range(100))
+    late = config.read_after_checks(
+        None, ["be_app"], timeout=3, clock=lambda: next(clock), sleep=lambda s: None
+    )  # type: ignore[arg-type]
+    assert not late["be_app"]["s1"].in_rotation  # the deadline passed without a check: not UP

@@ -20,14 +20,23 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.command import Runner, run_checked
 from ansible_collections.berth.fleet.plugins.module_utils.common.fs import atomic_write
 from ansible_collections.berth.fleet.plugins.module_utils.common.systemd import Systemctl, SystemdError
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import HaproxyError
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
+    HaproxyError,
+    Transport,
+)
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.state import (
+    ServerState,
+    read_servers,
+)
 
 SYSTEMD_DIR = "/etc/systemd/"
 
@@ -172,3 +181,34 @@ class LoadBalancerConfig:
             ) from None
         finally:
             Path(candidate).unlink(missing_ok=True)
+
+
+def checked_once(state: ServerState) -> bool:
+    """Whether HAProxy's view of a server rests on a health check yet: right after a start or a
+    reload a new server is assumed UP (``INI``) until its first check has run."""
+    status = state.check_status.lstrip("* ")
+    return not state.checks_enabled or not status.startswith("INI")
+
+
+def read_after_checks(
+    transport: Transport,
+    backends: list[str],
+    timeout: float = 10.0,
+    poll_interval: float = 0.1,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, dict[str, ServerState]]:
+    """Every server of ``backends`` once each has had its first health check (or ``timeout`` ran out:
+    then a server still unchecked is reported as not in rotation, never as UP on no evidence)."""
+    deadline = clock() + timeout
+    while True:
+        seen = {backend: read_servers(transport, backend) for backend in backends}
+        pending = [state for states in seen.values() for state in states.values() if not checked_once(state)]
+        if not pending or clock() >= deadline:
+            break
+        sleep(poll_interval)
+    for states in seen.values():
+        for name, state in states.items():
+            if not checked_once(state):
+                states[name] = replace(state, operational="DOWN")
+    return seen
