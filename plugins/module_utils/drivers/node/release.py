@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.fs import FileLock, sha256_file
-from ansible_collections.berth.fleet.plugins.module_utils.common.rules import VERSION_RE
+from ansible_collections.berth.fleet.plugins.module_utils.common.rules import (
+    VERSION_RE,
+    name_problem,
+    node_name_problem,
+)
 
 MARKER = ".berth-release.json"
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 STATES = ("present", "current", "reverted", "query")
 
@@ -49,9 +52,10 @@ class ReleaseRequest:
 
     def validate(self) -> None:
         problems = []
-        if not NAME_RE.match(self.instance):
+        # an instance is an inventory host <service>-<n>: one DNS label; an artifact a Berth name
+        if node_name_problem(self.instance) is not None:
             problems.append(f"instance {self.instance!r} must be lowercase letters, digits and '-'")
-        if not NAME_RE.match(self.artifact):
+        if name_problem(self.artifact) is not None:
             problems.append(f"artifact {self.artifact!r} must be lowercase letters, digits and '-'")
         if self.state not in STATES:
             problems.append(f"state must be one of {', '.join(STATES)}, got {self.state!r}")
