@@ -77,6 +77,20 @@ class RolloutLab:
         variables.write_text(json.dumps({**LB_UNDER_TEST, **extra}))
         return run_playbook(playbook, str(self.spec), "-e", f"@{variables}", *args)
 
+    def deploy_under_load(
+        self, name: str, *args: str, settle: float = 3, **extra: Any
+    ) -> tuple[PlaybookRun, dict[str, Any]]:
+        """A playbook run while the load generator runs (started ``settle`` s before, so that long
+        requests are in flight, and stopped 1 s after); the run and what the load saw."""
+        load = Load(self, "catalog", name)
+        try:
+            time.sleep(settle)
+            run = self.deploy(*args, **extra)
+            time.sleep(1)
+        finally:
+            report = load.stop()
+        return run, report
+
     def fetch(self, url: str) -> str | None:
         """GET from inside the lab namespace: the body, or None when nothing answers."""
         out = subprocess.run(
@@ -206,13 +220,7 @@ def assert_no_request_lost(report: dict[str, Any]) -> None:
 
 def test_rolling_upgrade_under_load_loses_no_request(rollout_lab: RolloutLab, lab_metrics: Any) -> None:
     lab = rollout_lab
-    load = Load(lab, "catalog", "v2")
-    try:
-        time.sleep(3)  # long requests in flight before the first drain
-        rollout = lab.deploy("-e", "service=catalog", "-e", "version=v2")
-        time.sleep(1)
-    finally:
-        report = load.stop()
+    rollout, report = lab.deploy_under_load("v2", "-e", "service=catalog", "-e", "version=v2")
     assert rollout.returncode == 0, rollout.output[-6000:]
     assert_no_request_lost(report)
     assert report["short"]["sent"] >= 5000, report["short"]
@@ -240,13 +248,9 @@ def test_a_broken_release_halts_in_the_first_batch_and_reverts(
     rollout_lab: RolloutLab, lab_metrics: Any
 ) -> None:
     lab = rollout_lab
-    load = Load(lab, "catalog", "v3")
-    try:
-        time.sleep(2)
-        broken = lab.deploy("-e", "service=catalog", "-e", "version=v3", rollout_progress_deadline=10)
-        time.sleep(1)
-    finally:
-        report = load.stop()
+    broken, report = lab.deploy_under_load(
+        "v3", "-e", "service=catalog", "-e", "version=v3", rollout_progress_deadline=10, settle=2
+    )
     assert broken.returncode != 0
     assert "rollout of catalog to v3 halted at catalog-1" in broken.output, broken.output[-4000:]
     assert "catalog-1 is back on v2 and in rotation" in broken.output
@@ -311,13 +315,9 @@ def test_the_next_instance_drains_while_this_one_is_gated_and_the_invariant_hold
     spec.parent.mkdir(exist_ok=True)
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     overlapped = RolloutLab(lab.environment, spec, lab.workdir, lab.hostvars)
-    load = Load(overlapped, "catalog", "overlap")
-    try:
-        time.sleep(3)
-        rollout = overlapped.deploy("-e", "service=catalog", "-e", "version=v1", rollout_batch_size=1)
-        time.sleep(1)
-    finally:
-        report = load.stop()
+    rollout, report = overlapped.deploy_under_load(
+        "overlap", "-e", "service=catalog", "-e", "version=v1", rollout_batch_size=1
+    )
     assert rollout.returncode == 0, rollout.output[-6000:]
     assert_no_request_lost(report)
     assert set(lab.versions("catalog").values()) == {"v1"}
@@ -504,13 +504,7 @@ def test_reconcile_replaces_lost_machines_under_load_and_then_changes_nothing(
     assert not any((MACHINES_DIR / lab.hostvars[name]["berth_node"]).exists() for name in lost)
     assert journal_before == lab.journal("catalog")
 
-    load = Load(lab, "catalog", "reconcile")
-    try:
-        time.sleep(2)
-        fixed = lab.deploy("-e", "service=catalog", playbook=RECONCILE)
-        time.sleep(1)
-    finally:
-        report = load.stop()
+    fixed, report = lab.deploy_under_load("reconcile", "-e", "service=catalog", playbook=RECONCILE, settle=2)
     assert fixed.returncode == 0, fixed.output[-6000:]
     assert f"catalog converges to {target} (the target of the last finished rollout)" in fixed.output
     assert f"catalog -> {target}: 1 batch(es) {json.dumps([lost])} (repair:" in fixed.output, fixed.output[
@@ -567,13 +561,7 @@ def test_the_ci_shape_rolls_and_rolls_back_with_both_instances_on_one_node(
     lab = ci_lab
     members = lab.instances("catalog")
     assert len({lab.hostvars[host]["berth_node"] for host in members}) == 1 and len(members) == 2
-    load = Load(lab, "catalog", "ci-v2")
-    try:
-        time.sleep(3)
-        rollout = lab.deploy("-e", "service=catalog", "-e", "version=v2")
-        time.sleep(1)
-    finally:
-        report = load.stop()
+    rollout, report = lab.deploy_under_load("ci-v2", "-e", "service=catalog", "-e", "version=v2")
     assert rollout.returncode == 0, rollout.output[-6000:]
     assert_no_request_lost(report)
     assert set(lab.versions("catalog").values()) == {"v2"}
