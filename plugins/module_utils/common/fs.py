@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _CHUNK = 1 << 20
 
@@ -97,3 +98,24 @@ def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's content; raises OSError."""
     with open(path, "rb") as handle:
         return sha256_stream(handle)
+
+
+class JsonFileError(ValueError):
+    """A JSON record that cannot be used; the message names the file and what is wrong."""
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (a record: ``what`` says of what), ``None`` when there is no file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise JsonFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise JsonFileError(f"{path} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise JsonFileError(f"{path} is not {what}: not a JSON object")
+    return data

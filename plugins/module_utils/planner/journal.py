@@ -21,7 +21,12 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils.common.fs import FileLock, atomic_write
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import (
+    FileLock,
+    JsonFileError,
+    atomic_write,
+    read_json_object,
+)
 from ansible_collections.berth.fleet.plugins.module_utils.common.rules import name_problem
 
 STATUSES = ("running", "halted", "complete")
@@ -41,18 +46,9 @@ def journal_path(state_dir: str | Path, service: str) -> Path:
 def load(path: Path) -> dict[str, Any]:
     """The journal at ``path``, or ``{}`` when no rollout was ever recorded there."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise JournalError(f"cannot read the rollout journal {path}: {exc.strerror or exc}") from None
-    try:
-        journal = json.loads(text)
-    except ValueError as exc:
-        raise JournalError(f"{path} is not JSON ({exc}): fix or remove it") from None
-    if not isinstance(journal, dict):
-        raise JournalError(f"{path} is not a rollout journal: not a JSON object")
-    return journal
+        return read_json_object(path, "a rollout journal") or {}
+    except JsonFileError as exc:
+        raise JournalError(f"{exc}: fix or remove it") from None
 
 
 def render(journal: Mapping[str, Any]) -> str:

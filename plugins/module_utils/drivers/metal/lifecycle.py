@@ -44,7 +44,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils.common.fs import atomic_write
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import (
+    JsonFileError,
+    atomic_write,
+    read_json_object,
+)
 
 STATES = ("enrolled", "inspected", "available", "active", "retired", "failed")
 REQUESTABLE = ("enrolled", "inspected", "available", "active", "retired")
@@ -326,17 +330,11 @@ class MetalStore:
     def load(self, host: str) -> HostRecord | None:
         path = self.path(host)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+            data = read_json_object(path, "a host record")
+        except JsonFileError as exc:
+            raise MetalError(f"{exc}: fix or remove it to re-enroll {host}") from None
+        if data is None:
             return None
-        except OSError as exc:
-            raise MetalError(f"cannot read {path}: {exc.strerror or exc}") from None
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise MetalError(f"{path} is not JSON ({exc}): fix or remove it to re-enroll {host}") from None
-        if not isinstance(data, dict):
-            raise MetalError(f"{path} is not a host record: not a JSON object")
         record = HostRecord.from_dict(data, str(path))
         if record.host != host:
             raise MetalError(f"{path} holds the record of {record.host!r}, not {host!r}")
