@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.spec import ArtifactSpec
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.store import ArtifactBuilder
+from tests.modules import run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "services" / "sample"
@@ -18,16 +15,7 @@ SAMPLE = ROOT / "services" / "sample"
 
 def artifact_info(**params: Any) -> dict[str, Any]:
     """The module's real main(), given its arguments the way Ansible hands them over."""
-    args = Path(params["dir"]).parent / "args.json"
-    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {**params, "_ansible_check_mode": True}}))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "plugins/modules/artifact_info.py"), str(args)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return dict(json.loads(proc.stdout))
+    return run_module("artifact_info", params, check=True)
 
 
 def test_a_built_artifact_is_verified_and_nothing_changes(tmp_path: Path) -> None:

@@ -5,9 +5,7 @@ module's own main() a stub script first on PATH)."""
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -33,6 +31,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.release i
     ReleaseRequest,
     version_of_link,
 )
+from tests.modules import run_module
 from tests.ports import free_port
 from tests.unit.test_release_and_health import make_package
 
@@ -360,20 +359,8 @@ state.write_text(json.dumps(data))
 
 
 def instance_cycle_module(tmp_path: Path, check: bool = False, **params: Any) -> dict[str, Any]:
-    """The module's real main(), run as Ansible runs it (arguments in a file); its JSON result."""
-    args_file = tmp_path / "args.json"
-    params.update(_ansible_check_mode=check, _ansible_diff=True)
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "plugins/modules/instance_cycle.py"), str(args_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.stdout.strip(), proc.stderr
-    return dict(json.loads(proc.stdout))
+    """The module's real main(), run as Ansible runs it, with the systemctl stub first on PATH."""
+    return run_module("instance_cycle", params, check=check, diff=True, path_first=tmp_path / "bin")
 
 
 def test_the_module_runs_a_cycle_through_its_main(tmp_path: Path, health: HealthServer) -> None:

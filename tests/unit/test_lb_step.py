@@ -6,11 +6,7 @@ every command it is sent, so round trips and ordering are exact.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.step i
     StepRequest,
     run_step,
 )
+from tests.modules import run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -403,16 +400,7 @@ def test_unknown_servers_are_listed_with_the_known_ones_before_any_command() -> 
 
 def lb_step(tmp_path: Path, **params: Any) -> dict[str, Any]:
     """The module's real main(), given its arguments the way Ansible hands them over."""
-    args = tmp_path / "args.json"
-    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "plugins/modules/lb_step.py"), str(args)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return dict(json.loads(proc.stdout))
+    return run_module("lb_step", params)
 
 
 def test_the_module_validates_then_names_the_missing_socket(tmp_path: Path) -> None:

@@ -7,9 +7,6 @@ state directory of their own.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import
     save,
     waits,
 )
+from tests.modules import run_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,24 +126,12 @@ def test_the_journal_lives_in_one_place_and_is_written_atomically(tmp_path: Path
 
 
 def journal_module(state_dir: Path, *args: str, check: bool = False) -> dict[str, Any]:
-    """The module's real main(), run as Ansible runs it (arguments on stdin's file); its JSON result."""
-    params: dict[str, Any] = {}
+    """The module's real main(), run as Ansible runs it; ``args`` are key=value (JSON for lists/dicts)."""
+    params: dict[str, Any] = {"state_dir": str(state_dir)}
     for arg in args:
         key, value = arg.split("=", 1)
         params[key] = json.loads(value) if value[:1] in "[{" else value
-    params.update(state_dir=str(state_dir), _ansible_check_mode=check, _ansible_diff=check)
-    args_file = state_dir / "args.json"
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": params}))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "plugins/modules/rollout_journal.py"), str(args_file)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    args_file.unlink()
-    return dict(json.loads(proc.stdout))
+    return run_module("rollout_journal", params, check=check, diff=check)
 
 
 def test_the_module_walks_a_rollout_through_its_states(tmp_path: Path) -> None:
