@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,7 @@ BIN = Path(sys.executable).parent
 CLASSIC = ROOT / ".cache" / "classic"
 ENV_NAME = "bench"
 STATE = ROOT / ".cache" / "bench-state"
+LOGS = ROOT / ".cache" / "bench-logs"
 LB_UNDER_TEST = {"loadbalancer_retries": 0, "loadbalancer_redispatch": False}
 
 
@@ -87,6 +89,13 @@ def playbook(spec: Path, name: str, *extra: str, env: dict[str, str] | None = No
         check=False,
     )
     seconds = time.monotonic() - started
+    # the run's output, with Berth's timeline at its end (where the time went), for a look afterwards
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log = (
+        LOGS
+        / f"{len(list(LOGS.iterdir())):02d}-{Path(name).stem}-{'-'.join(e for e in extra if '=' in e)}.log"
+    )
+    log.write_text(result.stdout + result.stderr)
     if result.returncode:
         raise SystemExit(
             f"{name} {' '.join(extra)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
@@ -230,6 +239,7 @@ def main() -> None:
     parser.add_argument("--scale", default="", help="comma-separated instance counts: the scaling table")
     parser.add_argument("--keep", action="store_true", help="leave the bench lab running")
     args = parser.parse_args()
+    shutil.rmtree(LOGS, ignore_errors=True)
     if args.max_unavailable.isdigit():
         args.max_unavailable = int(args.max_unavailable)
     if args.scale:

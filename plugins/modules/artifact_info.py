@@ -29,6 +29,11 @@ options:
     type: path
     required: true
 attributes:
+  action:
+    support: full
+    description:
+      - Runs in the controller's process (its action plugin), not as a module run - no local Python
+        process on the critical path of a rollout. It always acts on the controller.
   check_mode:
     support: full
     description: It only reads; the same in check mode.
@@ -61,40 +66,45 @@ sha256:
 """
 
 from pathlib import Path
+from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure, exit_module
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.spec import (
     ArtifactError,
     ArtifactSpec,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.verify import verify_artifact
 
+# one argument spec for both paths: this module, and its action plugin (run on the controller)
+ARGUMENT_SPEC: dict[str, Any] = {
+    "name": {"type": "str", "required": True},
+    "version": {"type": "str", "required": True},
+    "dir": {"type": "path", "required": True},
+}
+REQUIRED_IF: list[tuple[str, Any, list[str]]] = []
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "name": {"type": "str", "required": True},
-            "version": {"type": "str", "required": True},
-            "dir": {"type": "path", "required": True},
-        },
-        supports_check_mode=True,
-    )
-    spec = ArtifactSpec(module.params["name"], module.params["version"], Path(module.params["dir"]))
+
+def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    spec = ArtifactSpec(params["name"], params["version"], Path(params["dir"]))
     try:
         spec.validate(state="absent")  # name, version and dir; no source needed to read
     except ArtifactError as exc:
-        module.fail_json(msg=str(exc))
+        raise ModuleFailure(str(exc)) from None
     if not spec.path.is_file():
-        module.fail_json(
-            msg=f"missing artifact {spec.path}: build it first "
-            "(ansible-playbook playbooks/build_artifacts.yml)"
+        raise ModuleFailure(
+            f"missing artifact {spec.path}: build it first (ansible-playbook playbooks/build_artifacts.yml)"
         )
     try:
         sha256 = verify_artifact(spec.path, spec.checksum_path)
     except ArtifactError as exc:
-        module.fail_json(msg=f"{exc}: refusing to deploy it")
-    module.exit_json(changed=False, path=str(spec.path), sha256=sha256)
+        raise ModuleFailure(f"{exc}: refusing to deploy it") from None
+    return {"changed": False, "path": str(spec.path), "sha256": sha256}
+
+
+def main() -> None:
+    exit_module(AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True), run)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,11 @@ options:
     description: With C(desired_version), the version the inventory's service descriptor asks for.
     type: str
 attributes:
+  action:
+    support: full
+    description:
+      - Runs in the controller's process (its action plugin), not as a module run - no local Python
+        process on the critical path of a rollout. It always acts on the controller.
   check_mode:
     support: full
     description: Reports what the journal would become and writes nothing.
@@ -147,6 +152,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure, exit_module
 from ansible_collections.berth.fleet.plugins.module_utils.planner import journal as rollout_journal
 from ansible_collections.berth.fleet.plugins.module_utils.planner import progress
 
@@ -193,62 +199,58 @@ def advance(params: dict[str, Any], before: dict[str, Any], path: str) -> dict[s
     return {"journal": before}
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "state_dir": {"type": "path", "required": True},
-            "service": {"type": "str", "required": True},
-            "action": {
-                "type": "str",
-                "default": "read",
-                "choices": [
-                    "read",
-                    "start",
-                    "batch_done",
-                    "halt",
-                    "complete",
-                    "rollback_version",
-                    "desired_version",
-                ],
-            },
-            "target": {"type": "str"},
-            "versions": {"type": "dict"},
-            "batches": {"type": "list", "elements": "list"},
-            "steps": {"type": "list", "elements": "dict"},
-            "lbs": {"type": "list", "elements": "str", "default": []},
-            "hosts": {"type": "list", "elements": "str"},
-            "seconds": {"type": "float"},
-            "drained": {"type": "list", "elements": "raw", "default": []},
-            "gates": {"type": "list", "elements": "raw", "default": []},
-            "ups": {"type": "list", "elements": "raw", "default": []},
-            "host": {"type": "str"},
-            "reason": {"type": "str"},
-            "inventory_version": {"type": "str"},
-        },
-        required_if=[("action", action, needed) for action, needed in REQUIRED_BY_ACTION.items()],
-        supports_check_mode=True,
-    )
-    params = module.params
+# one argument spec for both paths: this module, and its action plugin (run on the controller)
+ARGUMENT_SPEC: dict[str, Any] = {
+    "state_dir": {"type": "path", "required": True},
+    "service": {"type": "str", "required": True},
+    "action": {
+        "type": "str",
+        "default": "read",
+        "choices": ["read", "start", "batch_done", "halt", "complete", "rollback_version", "desired_version"],
+    },
+    "target": {"type": "str"},
+    "versions": {"type": "dict"},
+    "batches": {"type": "list", "elements": "list"},
+    "steps": {"type": "list", "elements": "dict"},
+    "lbs": {"type": "list", "elements": "str", "default": []},
+    "hosts": {"type": "list", "elements": "str"},
+    "seconds": {"type": "float"},
+    "drained": {"type": "list", "elements": "raw", "default": []},
+    "gates": {"type": "list", "elements": "raw", "default": []},
+    "ups": {"type": "list", "elements": "raw", "default": []},
+    "host": {"type": "str"},
+    "reason": {"type": "str"},
+    "inventory_version": {"type": "str"},
+}
+REQUIRED_IF = [("action", action, needed) for action, needed in REQUIRED_BY_ACTION.items()]
+
+
+def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     try:
         path = rollout_journal.journal_path(params["state_dir"], params["service"])
         before = rollout_journal.load(path)
         result = advance(params, before, str(path))
     except rollout_journal.JournalError as exc:
-        module.fail_json(msg=str(exc), path=params["state_dir"])
+        raise ModuleFailure(str(exc), path=params["state_dir"]) from None
     after = result["journal"]
     changed = after != before
-    if changed and not module.check_mode:
+    if changed and not check_mode:
         try:
             rollout_journal.save(path, after)
         except rollout_journal.JournalError as exc:
-            module.fail_json(msg=str(exc), path=str(path))
+            raise ModuleFailure(str(exc), path=str(path)) from None
     diff = {
         "before": rollout_journal.render(before) if before else "",
         "after": rollout_journal.render(after) if after else "",
         "before_header": str(path),
         "after_header": str(path),
     }
-    module.exit_json(changed=changed, path=str(path), diff=diff, **result)
+    return {"changed": changed, "path": str(path), "diff": diff, **result}
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
+    exit_module(module, run)
 
 
 if __name__ == "__main__":

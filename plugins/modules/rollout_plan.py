@@ -61,6 +61,11 @@ options:
         type: bool
         required: true
 attributes:
+  action:
+    support: full
+    description:
+      - Runs in the controller's process (its action plugin), not as a module run - no local Python
+        process on the critical path of a rollout. It always acts on the controller.
   check_mode:
     support: full
     description: Planning changes nothing, in check mode or not.
@@ -138,38 +143,40 @@ repair:
   version_added: 0.2.0
 """
 
+from typing import Any
+
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure, exit_module
 from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import (
     Member,
     RolloutError,
     plan_rollout,
 )
 
-
-def main():
-    module = AnsibleModule(
-        argument_spec={
-            "service": {"type": "str", "required": True},
-            "target": {"type": "str", "required": True},
-            "max_unavailable": {"type": "int", "required": True},
-            "batch_size": {"type": "int", "default": 0},
-            "members": {
-                "type": "list",
-                "elements": "dict",
-                "required": True,
-                "options": {
-                    "name": {"type": "str", "required": True},
-                    "dc": {"type": "str", "required": True},
-                    "ordinal": {"type": "int", "required": True},
-                    "version": {"type": "str"},
-                    "up": {"type": "bool", "required": True},
-                },
-            },
+# one argument spec for both paths: this module, and its action plugin (run on the controller)
+ARGUMENT_SPEC: dict[str, Any] = {
+    "service": {"type": "str", "required": True},
+    "target": {"type": "str", "required": True},
+    "max_unavailable": {"type": "int", "required": True},
+    "batch_size": {"type": "int", "default": 0},
+    "members": {
+        "type": "list",
+        "elements": "dict",
+        "required": True,
+        "options": {
+            "name": {"type": "str", "required": True},
+            "dc": {"type": "str", "required": True},
+            "ordinal": {"type": "int", "required": True},
+            "version": {"type": "str"},
+            "up": {"type": "bool", "required": True},
         },
-        supports_check_mode=True,
-    )
-    params = module.params
+    },
+}
+REQUIRED_IF: list[tuple[str, Any, list[str]]] = []
+
+
+def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     members = [
         Member(m["name"], m["dc"], m["ordinal"], m["version"] or None, m["up"]) for m in params["members"]
     ]
@@ -178,8 +185,12 @@ def main():
             params["service"], members, params["target"], params["max_unavailable"], params["batch_size"]
         )
     except RolloutError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, **plan.as_dict())
+        raise ModuleFailure(str(exc)) from None
+    return {"changed": False, **plan.as_dict()}
+
+
+def main() -> None:
+    exit_module(AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True), run)
 
 
 if __name__ == "__main__":

@@ -251,7 +251,9 @@ def test_a_release_that_is_not_staged_fails_before_anything_is_stopped(
     fake = FakeSystemctl(root, health, active=True)
     for check_mode in (False, True):
         message, result = failed(cycle(root, fake, health.url, "v3", check_mode))
-        assert "catalog v3 is not staged on this node" in message and "berth.fleet.release" in message
+        assert (
+            "catalog v3 is not staged on this node" in message and "berth.fleet.instance_install" in message
+        )
         assert "nothing was stopped" in message and not result.changed
     assert fake.changes == [] and fake.active
     assert version_of_link(root / "instances/catalog-1/current") == "v1"

@@ -150,3 +150,48 @@ def test_without_load_balancers_the_rollout_completes_when_every_instance_is_cyc
     for host in steps[1]["cycle"]:
         journal = record_cycle(journal, 1, host, {"risen_after": 0.5})
     assert journal["status"] == "complete"
+
+
+def test_the_journal_keeps_the_parts_of_a_step_in_order() -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils.planner.progress import gate
+
+    journal, steps = started()
+    assert gate(journal, 0, "traffic") == (journal, "")  # the first step waits for nothing
+    # an instance is cycled only once every LB drained its batch
+    journal = record_traffic(journal, 0, "lb-dc1", 1.0, {"drain_wait": 2.0})
+    gated, why = gate(journal, 0, "cycle")
+    assert "lb-dc2 did not report draining the batch" in why
+    assert gated["status"] == "halted" and gated["halted_at"] == "lb-dc2"
+    journal = record_traffic(journal, 0, "lb-dc2", 1.0, {"drain_wait": 2.0})
+    assert gate(journal, 0, "cycle")[1] == ""
+    # the next LB step waits for every instance of this one
+    journal = record_cycle(journal, 0, steps[0]["cycle"][0], {"risen_after": 0.5})
+    gated, why = gate(journal, 1, "traffic")
+    silent = steps[0]["cycle"][1]
+    assert why.startswith(f"step 2 cannot start: {silent} did not report the step before")
+    # the silent instance stays out of rotation: nobody knows what state it was left in
+    assert gated["halt"]["keep_out"] == [silent]
+    journal = record_cycle(journal, 0, silent, {"risen_after": 0.5})
+    assert gate(journal, 1, "traffic")[1] == ""
+
+
+def test_after_a_halt_only_the_recovery_runs_and_a_new_run_forgets_the_halt() -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils.planner.progress import gate
+
+    journal, steps = started()
+    assert gate(journal, 3, "traffic", recover=True)[1] == "the rollout did not halt: nothing to put back"
+    journal = traffic(journal, 0, at=1.0)
+    first, second = steps[0]["cycle"]
+    journal = record_cycle(journal, 0, first, {"risen_after": 0.5})
+    journal = record_cycle(
+        journal, 0, second, {"failed": True, "msg": "HTTP 503", "reverted": True, "reverted_healthy": False}
+    )
+    assert gate(journal, 1, "traffic")[1] == f"the rollout halted at {second}: HTTP 503"
+    assert gate(journal, 1, "cycle")[1].startswith("the rollout halted")
+    recovering, why = gate(journal, 3, "traffic", recover=True)
+    assert why == "" and recovering["halt"]["keep_out"] == [second]
+    assert recovering["halt"]["outcome"] == [
+        f"{second} had no previous release to go back to and stays out of rotation"
+    ]
+    rerun = run_started(journal_started(journal, "catalog", "v2", {}, [[second]]), steps, LBS)
+    assert "halt" not in rerun and rerun["status"] == "running"

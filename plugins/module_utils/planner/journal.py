@@ -63,8 +63,10 @@ def update(path: Path, change: Callable[[dict[str, Any]], dict[str, Any]]) -> di
     except OSError as exc:
         raise JournalError(f"cannot write the rollout journal {path}: {exc.strerror or exc}") from None
     with FileLock(path.with_name(f".{path.name}.lock")):
-        journal = change(load(path))
-        save(path, journal)
+        before = load(path)
+        journal = change(before)
+        if journal != before:
+            save(path, journal)
     return journal
 
 

@@ -28,7 +28,8 @@ def run_started(journal: Mapping[str, Any], steps: list[dict[str, Any]], lbs: li
     unfinished rollout is a new run: the batches earlier runs finished stay in ``batches_done``)."""
     earlier = [int(b.get("run", 0)) for b in journal.get("batches_done", [])]
     number = max([int((journal.get("run") or {}).get("id", 0)), *earlier]) + 1
-    return {**journal, "run": {"id": number, "steps": steps, "lbs": sorted(lbs), "events": {}}}
+    fresh = {key: value for key, value in journal.items() if key not in ("halt", "halted_at", "reason")}
+    return {**fresh, "run": {"id": number, "steps": steps, "lbs": sorted(lbs), "events": {}}}
 
 
 def record_traffic(
@@ -66,10 +67,60 @@ def record_cycle(
 
 
 def _halted(journal: dict[str, Any], where: str, result: Mapping[str, Any]) -> dict[str, Any]:
-    """The first failure halts the rollout; later ones (the same step elsewhere) keep its reason."""
+    """The first failure halts the rollout (``halted_at``, ``reason``); every failure adds to
+    ``halt`` (``halt_state``: what became of each failed host, who stays out of rotation)."""
+    journal = {**journal, "halt": halt_state(journal.get("halt") or {}, [where], {where: result})}
     if journal.get("status") == "halted":
         return journal
     return {**journal, "status": "halted", "halted_at": where, "reason": str(result.get("msg", "?"))}
+
+
+def gate(
+    journal: Mapping[str, Any], step: int, kind: str, recover: bool = False
+) -> tuple[dict[str, Any], str]:
+    """Whether a ``kind`` part of ``step`` may run now: ``(journal, why)``, ``why`` empty to go.
+
+    The journal is what keeps the parts of a rollout in order: a part runs only once every part it
+    follows has reported success - an instance's cycle after every LB drained its batch, an LB's
+    step after every LB finished the step before and every instance of that step was cycled. A
+    part that finds one missing (its task failed before it could report) halts the rollout, with
+    the silent hosts kept out of rotation; after a halt only the recovery (``recover``) runs.
+    """
+    halted = journal.get("status") == "halted"
+    if recover:
+        return dict(journal), "" if halted else "the rollout did not halt: nothing to put back"
+    if halted:
+        return dict(journal), f"the rollout halted at {journal.get('halted_at')}: {journal.get('reason')}"
+    missing = _missing_before(journal.get("run") or {}, step, kind)
+    if not missing:
+        return dict(journal), ""
+    why = (
+        f"step {step + 1} cannot start: {', '.join(missing)} did not report "
+        f"{'draining the batch' if kind == 'cycle' else 'the step before'} (its task failed before it could)"
+    )
+    gated = dict(journal)
+    for host in missing:
+        gated = _halted(gated, host, {"failed": True, "msg": why})
+    return gated, why
+
+
+def _missing_before(run: Mapping[str, Any], step: int, kind: str) -> list[str]:
+    """The LBs and instances whose report ``kind`` at ``step`` waits for and that have not given it."""
+    steps, lbs, events = run.get("steps") or [], run.get("lbs") or [], run.get("events") or {}
+    if not steps or not 0 <= step < len(steps):
+        return []
+    if kind == "cycle":  # the batch is drained on every LB
+        needed = [("traffic", step, lb) for lb in lbs]
+    elif step > 0:  # the step before is done everywhere
+        needed = [("traffic", step - 1, lb) for lb in lbs]
+        needed += [("cycle", step - 1, host) for host in steps[step - 1]["cycle"]]
+    else:
+        needed = []
+    return [
+        who
+        for part, at, who in needed
+        if (report := events.get(str(at), {}).get(part, {}).get(who)) is None or report["failed"]
+    ]
 
 
 def _with_event(

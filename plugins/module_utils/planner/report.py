@@ -28,3 +28,21 @@ def record_step(
         return progress.record_cycle(journal, step, who, result)
 
     rollout_journal.update(path, change)
+
+
+def gate_step(where: Mapping[str, Any], kind: str) -> tuple[str, list[str]]:
+    """Before a step's part runs (``progress.gate``, under the journal's lock): why it may not
+    (empty: go), and the hosts that must stay out of rotation after a halt. ``where`` may say
+    ``recover: true`` - the part that runs only after a halt."""
+    if kind not in KINDS:
+        raise rollout_journal.JournalError(f"unknown step kind {kind!r}")
+    path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
+    outcome: dict[str, Any] = {}
+
+    def change(journal: dict[str, Any]) -> dict[str, Any]:
+        gated, outcome["why"] = progress.gate(journal, int(where["step"]), kind, bool(where.get("recover")))
+        outcome["keep_out"] = list((gated.get("halt") or {}).get("keep_out", []))
+        return gated
+
+    rollout_journal.update(path, change)
+    return str(outcome["why"]), outcome["keep_out"]

@@ -246,22 +246,36 @@ def members_from_inventory(
     lb_hosts: list[str],
     backend: str,
 ) -> list[dict[str, Any]]:
-    """Rollout members from hostvars: each host's current release (``__rollout_current``) and the
-    state every load balancer reported (``__rollout_lb`` = lb_info's ``servers``)."""
+    """Rollout members from hostvars: each host's current release (its registered release query,
+    ``__rollout_release``) and the state every load balancer reported (its registered
+    ``loadbalancer_result``: lb_config's ``servers``)."""
     members = []
     for host in hosts:
         host_vars = hostvars[host]
         up = True
         for lb in lb_hosts:
-            seen = hostvars[lb].get("__rollout_lb", {}).get(backend, {}).get(host)
+            servers = (hostvars[lb].get("loadbalancer_result") or {}).get("servers") or {}
+            seen = servers.get(backend, {}).get(host)
             up = up and bool(seen and seen.get("in_rotation"))
         members.append(
             {
                 "name": host,
                 "dc": host_vars["berth_dc"],
                 "ordinal": host_vars["berth_instance"],
-                "version": host_vars.get("__rollout_current") or "",
+                "version": (host_vars.get("__rollout_release") or {}).get("current") or "",
                 "up": up,
             }
         )
     return members
+
+
+def reachable_in_inventory(hostvars: Mapping[str, Mapping[str, Any]], hosts: list[str]) -> list[str]:
+    """The hosts whose release query (``__rollout_release``) ran and reached them: a lost machine
+    answers nothing, and the plan treats it as DOWN with nothing installed."""
+    return [
+        host
+        for host in hosts
+        if isinstance(query := hostvars[host].get("__rollout_release"), Mapping)
+        and not query.get("unreachable")
+        and not query.get("skipped")
+    ]

@@ -209,7 +209,7 @@ class InstanceCycle:
         if not unit.found:
             raise self._error(
                 f"unit {self.request.unit} not found: systemd has no unit file for it "
-                "(write it first: roles/service_instance tasks/configure.yml)"
+                "(write it first: berth.fleet.instance_install, roles/service_instance tasks/install.yml)"
             )
         if unit.load_state == "masked":
             raise self._error(f"unit {self.request.unit} is masked: unmask it to run the instance")
@@ -223,8 +223,8 @@ class InstanceCycle:
             if read_marker(release_dir) is None:
                 raise self._error(
                     f"{request.artifact} {request.version} is not staged on this node (no release in "
-                    f"{release_dir}): stage it first with berth.fleet.release state=present and the "
-                    "package and its sha256 (roles/service_instance tasks/stage.yml); nothing was stopped"
+                    f"{release_dir}): stage it first with berth.fleet.instance_install "
+                    "(roles/service_instance tasks/install.yml); nothing was stopped"
                 )
             return f"current is {current or 'not set'}, not {request.version}"
         if not unit.active:
