@@ -236,12 +236,13 @@ def test_rolling_upgrade_under_load_loses_no_request(rollout_lab: RolloutLab, la
     )
 
 
-def test_the_same_version_again_changes_nothing(rollout_lab: RolloutLab) -> None:
+def test_the_same_version_again_changes_nothing(rollout_lab: RolloutLab, lab_metrics: Any) -> None:
     again = rollout_lab.deploy("-e", "service=catalog", "-e", "version=v2")
     assert again.returncode == 0, again.output[-4000:]
     assert again.changed == 0, again.output[-4000:]
     assert "Step | Every load balancer" not in again.output  # nothing was drained
     assert "nothing to do" in again.output
+    lab_metrics.add(f"the same version again: changed=0, nothing drained, {again.seconds} s")
 
 
 def test_a_broken_release_halts_in_the_first_batch_and_reverts(
