@@ -93,7 +93,8 @@ options:
   journal:
     description:
       - Where the step reports to a rollout journal - C(state_dir), C(service), C(step), and
-        C(recover) for the recovery after a halt (which runs only then).
+        C(recover) for the recovery after a halt (which runs only then), or C(early) for a drain
+        set ahead of its step without waiting (recorded as when the batch began to drain).
     type: dict
 attributes:
   action:
@@ -238,9 +239,8 @@ def one_lb(
 
 
 def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
-    lbs = forwards(params)
     if params["action"] == "close":
-        for forward in lbs:
+        for forward in forwards(params):
             forward.close()
         return {"changed": False, "lbs": {}, "ready_wait": 0.0, "drain_wait": 0.0, "opened": []}
     step = {key: params[key] for key in STEP_KEYS}
@@ -248,9 +248,11 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         request = StepRequest.from_params(step)  # validated before any socket is touched
     except HaproxyError as exc:
         raise ModuleFailure(str(exc)) from None
+    lbs = forwards(params)
     journal = params["journal"]
     recording = bool(journal) and not check_mode
-    if recording:
+    kind = "early" if journal and journal.get("early") else "traffic"
+    if recording and kind == "traffic":
         try:
             why, keep_out = gate_step(journal, "traffic")
         except (JournalError, KeyError, TypeError, ValueError) as exc:
@@ -268,7 +270,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         results[forward.target.name] = result
         if recording:
             try:
-                record_step(journal, "traffic", forward.target.name, started, result)
+                record_step(journal, kind, forward.target.name, started, result)
             except (JournalError, KeyError, TypeError, ValueError) as exc:
                 result.update(
                     failed=True,

@@ -93,3 +93,26 @@ def test_the_journal_in_check_mode_shows_its_diff_and_writes_nothing(tmp_path: P
         wet["changed"] and json.loads((tmp_path / "rollouts" / "catalog.json").read_text())["target"] == "v2"
     )
     assert not adhoc("rollout_journal", args)["changed"]
+
+
+def test_a_traffic_step_with_bad_input_touches_no_load_balancer(tmp_path: Path) -> None:
+    unreachable = {"name": "lb-dc9", "address": "127.0.0.1", "port": 9, "args": ["-o", "ConnectTimeout=1"]}
+    journal = {"state_dir": str(tmp_path), "service": "catalog", "step": 0}
+    refused = adhoc(
+        "lb_traffic",
+        {
+            "lbs": [unreachable],
+            "backend": "be_catalog",
+            "ready": ["catalog-1"],
+            "drain": ["catalog-1"],
+            "journal": journal,
+        },
+    )
+    assert refused["failed"] and "cannot be both in ready and in drain: catalog-1" in refused["msg"]
+    assert not any(tmp_path.iterdir())  # not even the journal was read or written
+    # a load balancer that cannot be reached fails the step, naming it and why
+    lost = adhoc("lb_traffic", {"lbs": [unreachable], "backend": "be_catalog", "drain": ["catalog-1"]})
+    assert lost["failed"] and lost["msg"].startswith(
+        "lb-dc9: cannot forward /run/haproxy/admin.sock over ssh"
+    )
+    assert lost["lbs"]["lb-dc9"]["unreachable"] is True

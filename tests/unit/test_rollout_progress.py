@@ -195,3 +195,26 @@ def test_after_a_halt_only_the_recovery_runs_and_a_new_run_forgets_the_halt() ->
     ]
     rerun = run_started(journal_started(journal, "catalog", "v2", {}, [[second]]), steps, LBS)
     assert "halt" not in rerun and rerun["status"] == "running"
+
+
+def test_a_batch_drained_early_counts_its_drain_from_the_early_start() -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils.planner.progress import record_early_drain
+
+    journal, steps = started()
+    for lb in LBS:  # drained while the release installed, 2.5 s before the step
+        journal = record_early_drain(journal, 0, lb, 97.5, {"changed": True})
+    journal = record_traffic(journal, 0, "lb-dc1", 100.0, {"drain_wait": 1.5})  # still draining: exact
+    journal = record_traffic(journal, 0, "lb-dc2", 100.0, {"drain_wait": 0.0})  # idle already: unknown
+    assert gate(journal, 0, "cycle")[1] == ""  # the early drain is not the step: the step still ran
+    for host in steps[0]["cycle"]:
+        journal = record_cycle(journal, 0, host, {"risen_after": 0.5})
+    journal = traffic(journal, 1, at=105.0, ready=0.5)
+    (batch,) = journal["batches_done"]
+    assert batch["drain_wait"] == 4.0  # 2.5 s before the step + 1.5 s in it
+    assert batch["seconds"] == 8.0  # from the early drain to back in rotation everywhere
+
+
+def gate(journal: dict[str, Any], step: int, kind: str) -> tuple[dict[str, Any], str]:
+    from ansible_collections.berth.fleet.plugins.module_utils.planner.progress import gate as journal_gate
+
+    return journal_gate(journal, step, kind)

@@ -72,3 +72,10 @@ def test_a_forward_that_cannot_be_set_up_names_the_host_and_why(tmp_path: Path) 
     ):
         forward.ensure()
     assert not forward.running() and not forward.local_path.exists()
+
+
+def test_two_estates_with_the_same_lb_name_never_share_a_forward(tmp_path: Path) -> None:
+    lab = SocketForward(SshTarget("lb-dc1", "10.70.1.2"), "/run/haproxy/admin.sock", tmp_path)
+    bench = SocketForward(SshTarget("lb-dc1", "10.71.1.2"), "/run/haproxy/admin.sock", tmp_path)
+    assert lab.local_path != bench.local_path and lab.control_path != bench.control_path
+    assert lab.local_path.name.startswith("lb-dc1-") and len(str(lab.control_path)) < 100

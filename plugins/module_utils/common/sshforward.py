@@ -99,12 +99,20 @@ class SocketForward:
         self.runner = runner
 
     @property
+    def _stem(self) -> str:
+        # two estates may both have an "lb-dc1": the files are named by where ssh goes too
+        where = "\0".join(
+            map(str, (self.target.address, self.target.port, self.target.user, *self.target.args))
+        )
+        return f"{self.target.name}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
+
+    @property
     def local_path(self) -> Path:
-        return self.directory / f"{self.target.name}.sock"
+        return self.directory / f"{self._stem}.sock"
 
     @property
     def control_path(self) -> Path:
-        return self.directory / f"{self.target.name}.ctl"
+        return self.directory / f"{self._stem}.ctl"
 
     def _control(self, operation: str) -> CommandResult:
         return self.runner(self.target.ssh("-S", str(self.control_path), "-O", operation))
@@ -135,7 +143,7 @@ class SocketForward:
         )
         # ssh -f forks a master that keeps its stdout and stderr: they go to a file, not to pipes
         # that would keep this call waiting for as long as the master lives
-        log = self.directory / f"{self.target.name}.log"
+        log = self.directory / f"{self._stem}.log"
         with open(log, "wb") as errors:
             rc = subprocess.run(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, check=False

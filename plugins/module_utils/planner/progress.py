@@ -48,6 +48,16 @@ def record_traffic(
     return settle(journal)
 
 
+def record_early_drain(
+    journal: Mapping[str, Any], step: int, lb: str, started: float, result: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One load balancer set ``step``'s batch to DRAIN ahead of the step, without waiting (deploy.yml
+    does it for the first batch while the release installs). Not the step itself: that still runs
+    and waits; this only says since when the batch has been draining."""
+    event = {"started": round(started, 3), "failed": bool(result.get("failed"))}
+    return settle(_with_event(journal, step, "early", lb, event))
+
+
 def record_cycle(
     journal: Mapping[str, Any], step: int, host: str, result: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -175,20 +185,32 @@ def _batch_record(
     back = events.get(str(index + 1), {}).get("traffic", {})
     if not hosts or not _all_ok(drained, lbs) or not _all_ok(cycled, hosts) or not _all_ok(back, lbs):
         return None
+    early = events.get(str(index), {}).get("early", {})
     if lbs:
-        started = min(drained[lb]["started"] for lb in lbs)
+        started = min(early.get(lb, drained[lb])["started"] for lb in lbs)
         seconds = max(back[lb]["started"] + back[lb]["ready_wait"] for lb in lbs) - started
     else:  # nothing to drain or ready: the batch took as long as its slowest cycle
         seconds = max(cycled[host]["seconds"] for host in hosts)
     return {
         "hosts": hosts,
         "seconds": round(seconds, 2),
-        "drain_wait": round(max((drained[lb]["drain_wait"] for lb in lbs), default=0.0), 2),
+        "drain_wait": round(max((_drain_wait(drained[lb], early.get(lb)) for lb in lbs), default=0.0), 2),
         "risen_after": round(max(cycled[host]["risen_after"] for host in hosts), 2),
         "ready_wait": round(max((back[lb]["ready_wait"] for lb in lbs), default=0.0), 2),
         # drained early, while the batch before it was cycled: its drain wait overlapped
         "overlapped": bool(index and steps[index - 1]["early"]),
     }
+
+
+def _drain_wait(drained: Mapping[str, Any], early: Mapping[str, Any] | None) -> float:
+    """How long the batch took to drain on one LB. Drained early (since ``early``), a batch that still
+    held sessions when its step began drained from the early start to the end of the step's wait;
+    one that was idle by then drained at some moment in between, unknown: its wait (about 0) is
+    kept, a lower bound, so a floor computed from it is never flattered."""
+    wait = float(drained["drain_wait"])
+    if early is not None and not early.get("failed") and wait > 0.05:
+        return wait + float(drained["started"]) - float(early["started"])
+    return wait
 
 
 def failures(hosts: list[str], results: Mapping[str, Any]) -> list[dict[str, str]]:

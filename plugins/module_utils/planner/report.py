@@ -10,7 +10,7 @@ from typing import Any
 from ansible_collections.berth.fleet.plugins.module_utils.planner import journal as rollout_journal
 from ansible_collections.berth.fleet.plugins.module_utils.planner import progress
 
-KINDS = ("traffic", "cycle")
+KINDS = ("traffic", "cycle", "early")
 
 
 def record_step(
@@ -25,6 +25,8 @@ def record_step(
     def change(journal: dict[str, Any]) -> dict[str, Any]:
         if kind == "traffic":
             return progress.record_traffic(journal, step, who, started, result)
+        if kind == "early":
+            return progress.record_early_drain(journal, step, who, started, result)
         return progress.record_cycle(journal, step, who, result)
 
     rollout_journal.update(path, change)
@@ -34,7 +36,7 @@ def gate_step(where: Mapping[str, Any], kind: str) -> tuple[str, list[str]]:
     """Before a step's part runs (``progress.gate``, under the journal's lock): why it may not
     (empty: go), and the hosts that must stay out of rotation after a halt. ``where`` may say
     ``recover: true`` - the part that runs only after a halt."""
-    if kind not in KINDS:
+    if kind not in ("traffic", "cycle"):
         raise rollout_journal.JournalError(f"unknown step kind {kind!r}")
     path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
     outcome: dict[str, Any] = {}

@@ -1,0 +1,50 @@
+"""The timeline callback (plugins/callback/timeline.py) says where a run's time went: each play
+with its wall time, and the tasks at or above the threshold with theirs, once per run of a task."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from tests.modules import ROOT
+
+
+def test_the_timeline_lists_plays_and_slow_tasks(tmp_path: Path) -> None:
+    play = [
+        {
+            "name": "Timeline | a play",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "tasks": [
+                {"name": "Timeline | quick", "ansible.builtin.debug": {"msg": "hi"}},
+                {"name": "Timeline | slow", "ansible.builtin.command": "sleep 0.7", "changed_when": False},
+                {
+                    "name": "Timeline | slow in a loop",
+                    "ansible.builtin.command": "sleep 0.6",
+                    "loop": [1, 2],
+                    "changed_when": False,
+                },
+            ],
+        }
+    ]
+    (tmp_path / "play.yml").write_text(json.dumps(play))
+    proc = subprocess.run(
+        ["ansible-playbook", str(tmp_path / "play.yml")],
+        cwd=ROOT,
+        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), BERTH_TIMELINE_MIN_SECONDS="0.5"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    timeline = proc.stdout[proc.stdout.index("BERTH TIMELINE") :]
+    assert re.search(r"^BERTH TIMELINE: \d+\.\d s in all \(tasks of 0\.5 s or more listed\)", timeline)
+    assert re.search(r"\+\s+0\.0 s\s+\d+\.\d s  play: Timeline \| a play", timeline)
+    slow = re.search(r"\+\s+\d+\.\d s\s+(\d+\.\d) s    Timeline \| slow \[1 host\]", timeline)
+    looped = re.search(r"\+\s+\d+\.\d s\s+(\d+\.\d) s    Timeline \| slow in a loop \[1 host\]", timeline)
+    assert slow and float(slow.group(1)) >= 0.7
+    assert looped and float(looped.group(1)) >= 1.2  # the task's wall time covers its loop
+    assert "Timeline | quick" not in timeline  # under the threshold: counted, not listed
