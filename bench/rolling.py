@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +40,8 @@ BIN = Path(sys.executable).parent
 CLASSIC = ROOT / ".cache" / "classic"
 ENV_NAME = "bench"
 STATE = ROOT / ".cache" / "bench-state"
-LOGS = ROOT / ".cache" / "bench-logs"
+# each benchmark run keeps its playbook outputs (Berth's timeline at their end) in a folder of its own
+LOGS = ROOT / ".cache" / "bench-logs" / time.strftime("%Y%m%d-%H%M%S")
 LB_UNDER_TEST = {"loadbalancer_retries": 0, "loadbalancer_redispatch": False}
 
 
@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--scale", default="", help="comma-separated instance counts: the scaling table")
     parser.add_argument("--keep", action="store_true", help="leave the bench lab running")
     args = parser.parse_args()
-    shutil.rmtree(LOGS, ignore_errors=True)
+    print(f"playbook outputs, each ending with Berth's timeline: {LOGS.relative_to(ROOT)}/", flush=True)
     if args.max_unavailable.isdigit():
         args.max_unavailable = int(args.max_unavailable)
     if args.scale:

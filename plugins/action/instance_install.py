@@ -1,6 +1,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Runs instance_install on the node; when the node answers that it lacks the artifact, sends it
-(one transfer into the task's temporary directory) and runs the module again with ``upload``."""
+"""Runs instance_install on the node. An artifact of at most ``ask_above`` bytes is sent with the
+call (one transfer into the task's temporary directory, ``upload``): one module run. A bigger one
+is sent only when the node answers that it lacks it, and the module runs again with ``upload``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 MODULE = "berth.fleet.instance_install"
+ASK_ABOVE = 4 << 20
 
 
 class ActionModule(ActionBase):
@@ -20,13 +22,15 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         args = dict(self._task.args)
         args.pop("upload", None)  # the plugin's to set, never the user's
-        first = self._execute_module(MODULE, module_args=args, task_vars=task_vars)
-        if not first.get("needs_package") or first.get("failed"):
-            result.update(first)
-            return result
         source = str(args.get("src") or "")
         if not os.path.isfile(source):
             raise AnsibleActionFail(f"src {source!r}: no such artifact on the controller")
+        # a small artifact costs less to send than a module run asking whether to send it
+        if self._task.check_mode or os.path.getsize(source) > int(args.get("ask_above", ASK_ABOVE)):
+            first = self._execute_module(MODULE, module_args=args, task_vars=task_vars)
+            if not first.get("needs_package") or first.get("failed"):
+                result.update(first)
+                return result
         remote_dir = self._make_tmp_path()
         try:
             upload = self._connection._shell.join_path(remote_dir, os.path.basename(source))

@@ -14,9 +14,11 @@ description:
     extracts it beside the current release (as M(berth.fleet.release) with
     O(berth.fleet.release#module:state=present)) and writes the instance's files (its config and
     its systemd unit), each only if it differs.
-  - The artifact is sent from the controller (O(src)) only when the node needs it - the release is
-    not staged and the node has no copy with checksum O(sha256). An idempotent run costs one module
-    run and sends nothing; a first install of a version costs two and one file transfer.
+  - An artifact of at most O(ask_above) bytes is sent from the controller (O(src)) with the call
+    and used only if the node needs it (the release is not staged and the node has no copy with
+    checksum O(sha256)) - one module run and one small transfer. A bigger artifact is sent only when
+    the node answers that it lacks it - an idempotent run sends nothing, a first install of a
+    version costs two module runs and one transfer.
   - A cycle (M(berth.fleet.instance_cycle)) then switches the instance to the release and restarts
     it; a changed unit file is re-read there (C(systemctl daemon-reload)).
 extends_documentation_fragment:
@@ -70,6 +72,12 @@ options:
         description: Group (the service user's group works, it exists by then).
         type: str
         default: root
+  ask_above:
+    description:
+      - Artifacts bigger than this many bytes are sent only after the node said it needs them;
+        smaller ones go with the first call (sending them costs less than a module run asking).
+    type: int
+    default: 4194304
   upload:
     description:
       - Set by the action plugin, not by users - where this run's transfer put the artifact on the node.
@@ -125,7 +133,7 @@ actions:
     - extract catalog-v2.tar.gz into /opt/berth/releases/catalog-v2
     - write /etc/berth/catalog-2.json
 sent:
-  description: Whether the artifact was sent to the node in this run.
+  description: Whether the artifact was sent to the node in this run (used or not).
   returned: always
   type: bool
 """
@@ -163,6 +171,7 @@ def main():
             "package": {"type": "path", "required": True},
             "user": {"type": "str", "required": True},
             "files": {"type": "list", "elements": "dict", "default": [], "options": FILE_OPTIONS},
+            "ask_above": {"type": "int", "default": 4 << 20},
             "upload": {"type": "path"},
         },
         supports_check_mode=True,
