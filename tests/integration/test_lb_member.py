@@ -414,7 +414,8 @@ def test_drain_waits_for_the_in_flight_request_and_no_new_request_reaches_it(
     slow: dict[str, Any] = {}
 
     def slow_request() -> None:
-        slow["status"], slow["server"] = lb.get("/slow?s=2")
+        # long enough that the drain, set once ansible-playbook has started (1-2 s), still waits
+        slow["status"], slow["server"] = lb.get("/slow?s=4")
         slow["done"] = time.monotonic()
 
     client = threading.Thread(target=slow_request, name="slow-client")
@@ -451,7 +452,7 @@ def test_drain_waits_for_the_in_flight_request_and_no_new_request_reaches_it(
     returned_at = drained_at + result["waited"]
     overshoot = returned_at - slow["done"]
     assert -0.05 < overshoot < 0.3, f"overshoot {overshoot:.3f} s (waited {result['waited']} s)"
-    assert result["waited"] > 1.0  # it did wait for the 2 s request
+    assert result["waited"] > 1.0  # it did wait for the 4 s request
 
     # nothing new reached the drained server; the other one served everything
     assert len(short) >= 10, short
@@ -459,7 +460,7 @@ def test_drain_waits_for_the_in_flight_request_and_no_new_request_reaches_it(
     assert [served.path for served in lb.backends[target].traffic()[served_before:]] == ["/slow"]
     assert lb.look()[target].stot - stot_before == 0  # the slow one was counted when it started
     lab_metrics.add(
-        f"lb_member drain: in-flight 2 s request, waited {result['waited']:.3f} s, overshoot {overshoot * 1000:.0f} ms "
+        f"lb_member drain: in-flight 4 s request, waited {result['waited']:.3f} s, overshoot {overshoot * 1000:.0f} ms "
         f"(poll {POLL} s); {len(short)} requests meanwhile all on {other}; playbook ended "
         f"{finished - slow['done']:.2f} s after the request (ansible-playbook exit included)"
     )
