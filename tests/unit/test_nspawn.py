@@ -520,3 +520,17 @@ def test_a_changed_rootfs_is_refused(lab: dict[str, Path], tmp_path: Path) -> No
     (other / "usr/lib/systemd/systemd").write_text("")
     with pytest.raises(NspawnError, match="Recreate it"):
         machine(lab, state="present", rootfs=str(other)).ensure(check_mode=False)
+
+
+def test_a_machine_that_ran_out_of_inotify_instances_says_what_to_do() -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils.local.nspawn.process import boot_hint
+
+    console = (
+        "Welcome to Debian GNU/Linux 12 (bookworm)!\n"
+        "Failed to create control group inotify object: Too many open files\n"
+        "Failed to allocate manager object: Too many open files\n"
+    )
+    hint = boot_hint(console)
+    assert hint.startswith("the host ran out of inotify instances (fs.inotify.max_user_instances = ")
+    assert "sysctl -w fs.inotify.max_user_instances=1024" in hint
+    assert boot_hint("Welcome to Debian GNU/Linux 12 (bookworm)!\nReached target multi-user.target\n") == ""

@@ -187,6 +187,27 @@ class NspawnProcess:
 
     def log_tail(self, lines: int = 15) -> str:
         try:
-            return "\n".join(self.paths.log.read_text(errors="replace").splitlines()[-lines:])
+            text = self.paths.log.read_text(errors="replace")
         except OSError:
             return "(no console log)"
+        return boot_hint(text) + "\n".join(text.splitlines()[-lines:])
+
+
+def boot_hint(console: str) -> str:
+    """What a machine's console says about the host, in words an operator can act on ('' if nothing).
+
+    Many machines at once exhaust the host's inotify instances (every machine's systemd takes
+    several; ``fs.inotify.max_user_instances`` is 128 by default): their systemd then stops at
+    once with "Failed to allocate manager object: Too many open files"."""
+    if "Too many open files" in console and "inotify" in console:
+        try:
+            with open("/proc/sys/fs/inotify/max_user_instances") as handle:
+                limit = handle.read().strip()
+        except OSError:
+            limit = "?"
+        return (
+            f"the host ran out of inotify instances (fs.inotify.max_user_instances = {limit}; each "
+            "machine's systemd takes several): run fewer machines, or raise it on the host, e.g. "
+            "sysctl -w fs.inotify.max_user_instances=1024\n"
+        )
+    return ""
