@@ -34,6 +34,11 @@ options:
     choices: [present, current, reverted, query]
     default: current
 attributes:
+  action:
+    support: full
+    description:
+      - The action plugin answers O(state=query) with one shell command over the host's connection
+        (it reads the two release markers), not a module run; the other states run the module.
   check_mode:
     support: full
     description: Reports what would be extracted and switched, changes nothing.

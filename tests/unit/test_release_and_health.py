@@ -169,3 +169,32 @@ def test_gate_fails_fast_on_definite_failures_and_waits_for_an_instance_still_st
     assert outcome.risen_after is not None and outcome.failures == 25
     with pytest.raises(HealthGateError, match="fall must be >= 0"):
         wait_healthy(GatePolicy("http://x/", fall=-1))
+
+
+def test_the_query_without_a_module_run_reads_what_the_module_reads(tmp_path: Path) -> None:
+    """The action plugin of ``release`` answers ``state=query`` with one shell command
+    (``query_command``, parsed by ``parse_query``): the same answer as the module's."""
+    import subprocess
+
+    from ansible_collections.berth.fleet.plugins.module_utils.drivers.node.release import (
+        parse_query,
+        query_command,
+    )
+
+    root = tmp_path / "opt"
+
+    def both() -> tuple[dict, dict]:
+        query = request(root, "", "query")
+        module = ReleaseManager(query, check_mode=False).run().as_dict()
+        shell = subprocess.run(["sh", "-c", query_command(query)], capture_output=True, text=True, check=True)
+        assert shell.stderr == ""
+        return parse_query(shell.stdout).as_dict(), module
+
+    fast, module = both()
+    assert fast == module and fast["current"] is None  # nothing installed yet
+    ReleaseManager(request(root, "v1", package=make_package(tmp_path / "v1.tgz", "v1")), False).run()
+    ReleaseManager(request(root, "v2", package=make_package(tmp_path / "v2.tgz", "v2")), False).run()
+    fast, module = both()
+    assert fast == module and (fast["current"], fast["previous"]) == ("v2", "v1")
+    with pytest.raises(ReleaseError, match="instance"):
+        query_command(ReleaseRequest("Bad Name;rm", "catalog", "", "query", None, None, root))

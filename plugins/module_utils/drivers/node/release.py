@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -246,3 +247,33 @@ def _atomic_symlink(target: str, link: Path) -> None:
         temporary.unlink()
     os.symlink(target, temporary)
     os.replace(temporary, link)
+
+
+def query_command(request: ReleaseRequest) -> str:
+    """A shell command that prints the markers of the instance's current and previous releases, one
+    line each (``current<TAB>{json}``): what ``state=query`` reads, for a caller that reads it
+    without a module run (the action plugin of ``release``). Names are validated first."""
+    request.validate()
+    lines = []
+    for link in ("current", "previous"):
+        marker = shlex.quote(str(request.instance_dir / link / MARKER))
+        lines.append(f"printf '%s\\t' {link}; tr -d '\\n' 2>/dev/null < {marker}; printf '\\n'")
+    return "; ".join(lines)
+
+
+def parse_query(output: str) -> ReleaseResult:
+    """``state=query``'s result from what ``query_command`` printed."""
+    versions: dict[str, str | None] = {"current": None, "previous": None}
+    for line in output.splitlines():
+        link, _tab, text = line.partition("\t")
+        if link in versions and text.strip():
+            try:
+                marker = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(marker, dict) and "version" in marker:
+                versions[link] = str(marker["version"])
+    state = {"current": versions["current"], "previous": versions["previous"]}
+    return ReleaseResult(
+        current=state["current"], previous=state["previous"], before=state, after=dict(state)
+    )
