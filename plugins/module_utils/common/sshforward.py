@@ -161,6 +161,7 @@ class SocketForward:
             self._control("exit")
         self.control_path.unlink(missing_ok=True)
         self.local_path.unlink(missing_ok=True)
+        (self.directory / f"{self._stem}.log").unlink(missing_ok=True)
 
 
 def _is_socket(path: Path) -> bool:
