@@ -207,19 +207,20 @@ HEALTH_OPTIONS = {
 }
 
 
+# also validated on the controller by rollout_steps' action before a rollout's first step
+ARGUMENT_SPEC = {
+    "instance": {"type": "str", "required": True},
+    "artifact": {"type": "str", "required": True},
+    "version": {"type": "str", "required": True},
+    "root": {"type": "path", "default": "/opt/berth"},
+    "unit": {"type": "str", "required": True},
+    "health": {"type": "dict", "required": True, "options": HEALTH_OPTIONS},
+    "revert_on_failure": {"type": "bool", "default": True},
+}
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec={
-            "instance": {"type": "str", "required": True},
-            "artifact": {"type": "str", "required": True},
-            "version": {"type": "str", "required": True},
-            "root": {"type": "path", "default": "/opt/berth"},
-            "unit": {"type": "str", "required": True},
-            "health": {"type": "dict", "required": True, "options": HEALTH_OPTIONS},
-            "revert_on_failure": {"type": "bool", "default": True},
-        },
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     params = module.params
     request = CycleRequest(
         instance=params["instance"],

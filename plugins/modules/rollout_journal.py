@@ -156,6 +156,8 @@ from ansible_collections.berth.fleet.plugins.module_utils.common.failure import 
 from ansible_collections.berth.fleet.plugins.module_utils.planner import journal as rollout_journal
 from ansible_collections.berth.fleet.plugins.module_utils.planner import progress
 
+# a killed deploy's parts end after the part they are in (its own timeouts bound it)
+EARLIER_PARTS_TIMEOUT = 300
 REQUIRED_BY_ACTION = {
     "start": ["target", "versions", "batches"],
     "batch_done": ["hosts", "seconds"],
@@ -228,8 +230,15 @@ REQUIRED_IF = [("action", action, needed) for action, needed in REQUIRED_BY_ACTI
 def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     try:
         path = rollout_journal.journal_path(params["state_dir"], params["service"])
+        waited = 0.0
+        if params["action"] == "start" and not check_mode:
+            waited = rollout_journal.wait_for_earlier_parts(path, EARLIER_PARTS_TIMEOUT, lambda _said: None)
         before = rollout_journal.load(path)
         result = advance(params, before, str(path))
+        if waited:
+            result["warnings"] = [
+                f"waited {waited} s for the parts of an earlier, interrupted run of this rollout to end"
+            ]
     except rollout_journal.JournalError as exc:
         raise ModuleFailure(str(exc), path=params["state_dir"]) from None
     after = result["journal"]

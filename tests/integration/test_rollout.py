@@ -297,6 +297,10 @@ def test_an_interrupted_rollout_completes_when_rerun(rollout_lab: RolloutLab) ->
     assert set(lab.versions("catalog").values()) == {"v1"}
     assert "catalog-1" not in rerun.output.split("catalog -> v1:")[1].split("\n")[0]  # not redone
     assert lab.journal("catalog")["from"]["catalog-1"] == "v2"  # where the rollout started
+    # and nothing the killed run left behind (its workers outlive it) moved traffic afterwards
+    time.sleep(1)
+    seen = {host: lb_sees(lab, host) for host in lab.instances("catalog")}
+    assert all(status == {"UP"} for status in seen.values()), seen
 
 
 def test_rollback_returns_to_the_previous_revision(rollout_lab: RolloutLab) -> None:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import journal_started
+import pytest
+
+from ansible_collections.berth.fleet.plugins.module_utils.planner import report
+from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import (
+    JournalError,
+    journal_path,
+    journal_started,
+    load,
+    parts_lock,
+    save,
+    wait_for_earlier_parts,
+)
 from ansible_collections.berth.fleet.plugins.module_utils.planner.progress import (
+    next_move,
     record_cycle,
     record_traffic,
     run_started,
@@ -218,3 +231,99 @@ def gate(journal: dict[str, Any], step: int, kind: str) -> tuple[dict[str, Any],
     from ansible_collections.berth.fleet.plugins.module_utils.planner.progress import gate as journal_gate
 
     return journal_gate(journal, step, kind)
+
+
+def moves(journal: dict[str, Any], hosts: list[str]) -> tuple[dict[str, Any], dict[str, tuple[str, int]]]:
+    """Every host asks in turn, as the rollout_steps actions do under the journal's lock."""
+    seen = {}
+    for host in hosts:
+        journal, move, step = next_move(journal, host)
+        seen[host] = (move, step)
+    return journal, seen
+
+
+def test_instances_meet_in_the_journal_one_claims_each_lb_step_and_each_cycles_when_drained() -> None:
+    journal, _steps = started()  # batches [catalog-1, catalog-2], [catalog-3, catalog-4], then ready
+    hosts = ["catalog-3", "catalog-1", "catalog-2", "catalog-4"]
+    journal, seen = moves(journal, hosts)
+    # the first to ask claims step 1's LB part; every other instance waits for it
+    assert seen == {
+        "catalog-3": ("traffic", 0),
+        "catalog-1": ("wait", 0),
+        "catalog-2": ("wait", 0),
+        "catalog-4": ("wait", 0),
+    }
+    assert journal["run"]["claims"] == {"0": "catalog-3"}
+    journal = traffic(journal, 0, at=100.0)
+    journal, seen = moves(journal, hosts)
+    assert seen["catalog-1"] == ("cycle", 0) and seen["catalog-2"] == ("cycle", 0)
+    assert seen["catalog-3"] == ("wait", 0) and seen["catalog-4"] == ("wait", 0)  # batch 1 is cycling
+    journal = record_cycle(journal, 0, "catalog-1", {"risen_after": 0.8, "seconds": 1.2})
+    assert next_move(journal, "catalog-1")[1:] == ("wait", 0)  # its batch mate is not healthy yet
+    journal = record_cycle(journal, 0, "catalog-2", {"risen_after": 0.9, "seconds": 1.3})
+    journal, seen = moves(journal, ["catalog-2", "catalog-1", "catalog-4"])
+    assert seen == {"catalog-2": ("traffic", 1), "catalog-1": ("wait", 1), "catalog-4": ("wait", 1)}
+    journal = traffic(journal, 1, at=105.0)
+    # batch 1 is back everywhere: its instances are done; batch 2's cycle
+    journal, seen = moves(journal, hosts)
+    assert seen["catalog-1"] == ("done", 1) and seen["catalog-2"] == ("done", 1)
+    assert seen["catalog-3"] == ("cycle", 1) and seen["catalog-4"] == ("cycle", 1)
+    for host in ("catalog-3", "catalog-4"):
+        journal = record_cycle(journal, 1, host, {"risen_after": 0.8, "seconds": 1.2})
+    journal, seen = moves(journal, ["catalog-4", "catalog-3"])
+    assert seen == {"catalog-4": ("traffic", 2), "catalog-3": ("wait", 2)}  # the last step: ready
+    journal = traffic(journal, 2, at=110.0)
+    journal, seen = moves(journal, hosts)
+    assert set(seen.values()) <= {("done", 1), ("done", 2)} and journal["status"] == "complete"
+
+
+def test_a_halt_stops_every_instance_and_a_new_run_forgets_the_claims() -> None:
+    journal, steps = started()
+    journal, _move, _step = next_move(journal, "catalog-1")
+    journal = traffic(journal, 0, at=100.0)
+    journal = record_cycle(journal, 0, "catalog-1", {"failed": True, "msg": "gate failed", "seconds": 1})
+    for host in ("catalog-1", "catalog-2", "catalog-3"):
+        assert next_move(journal, host)[1:] == ("halted", -1)
+    again = run_started({**journal, "status": "running"}, steps, LBS)  # as rollout_journal start does
+    assert "claims" not in again["run"] and next_move(again, "catalog-2")[1:] == ("traffic", 0)
+
+
+def test_without_load_balancers_the_instances_cycle_batch_after_batch() -> None:
+    journal, steps = started()
+    journal = run_started(journal, steps, [])
+    assert next_move(journal, "catalog-3")[1:] == ("wait", 0)
+    assert next_move(journal, "catalog-1")[1:] == ("cycle", 0)
+    for host in steps[0]["cycle"]:
+        journal = record_cycle(journal, 0, host, {"risen_after": 0.8, "seconds": 1.2})
+    assert next_move(journal, "catalog-1")[1:] == ("done", 1)
+    assert next_move(journal, "catalog-3")[1:] == ("cycle", 1)
+    assert next_move(journal, "nobody")[1:] == ("done", -1)  # not in the plan: nothing to wait for
+
+
+def test_a_part_of_a_superseded_run_can_neither_move_nor_report(tmp_path: Path) -> None:
+    """A deploy killed mid-rollout leaves its parts running (Ansible's workers are sessions of their
+    own); once the rerun starts a new run, the old parts stop and their reports are refused."""
+    journal, steps = started()
+    where = {"state_dir": str(tmp_path), "service": "catalog"}
+    save(journal_path(tmp_path, "catalog"), run_started(journal, steps, LBS))  # run 2
+    old = {**where, "run": 1, "step": 0}
+    assert report.next_move(old, "catalog-1")[:2] == ("superseded", -1)
+    assert report.gate_step(old, "cycle") == ("run 1 of this rollout was superseded by run 2", [])
+    with pytest.raises(JournalError, match="superseded by run 2: catalog-1's report is not recorded"):
+        report.record_step(old, "cycle", "catalog-1", 100.0, {"risen_after": 1, "seconds": 1})
+    move, step, now = report.next_move({**where, "run": 2}, "catalog-1")
+    assert (move, step) == ("traffic", 0) and now["run"]["claims"] == {"0": "catalog-1"}
+    assert load(journal_path(tmp_path, "catalog"))["run"]["claims"] == {"0": "catalog-1"}  # written
+
+
+def test_a_new_run_waits_until_no_part_of_an_earlier_run_runs(tmp_path: Path) -> None:
+    path = journal_path(tmp_path, "catalog")
+    said: list[str] = []
+    assert wait_for_earlier_parts(path, 0.3, said.append) == 0.0  # no part ever ran
+    with parts_lock(path):  # a part of the earlier run still runs (a separate open file: flock conflicts)
+        with pytest.raises(JournalError, match=r"still run after 0 s .* another deploy of this service"):
+            wait_for_earlier_parts(path, 0.3, said.append)
+        with parts_lock(path):  # parts of one run share it
+            pass
+    assert said == ["waiting for the parts of an earlier (interrupted) run of this rollout to end"]
+    assert wait_for_earlier_parts(path, 0.3, said.append) < 0.1  # it ended: go at once

@@ -21,17 +21,26 @@ _CHUNK = 1 << 20
 
 
 class FileLock:
-    """An exclusive ``flock`` held for a ``with`` block.
+    """An exclusive ``flock`` held for a ``with`` block (``shared``: a shared one).
 
     ``path`` is a lock file (created 0600) or, with ``directory=True``, a directory locked on itself
     (so the lock leaves no file behind). A directory that does not exist and is not ``create``d is
-    not locked: there is nothing in it to protect.
+    not locked: there is nothing in it to protect. With ``wait=False`` a lock held elsewhere raises
+    ``BlockingIOError`` at once instead of waiting.
     """
 
-    def __init__(self, path: Path, directory: bool = False, create: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        directory: bool = False,
+        create: bool = False,
+        shared: bool = False,
+        wait: bool = True,
+    ) -> None:
         self.path = path
         self.directory = directory
         self.create = create
+        self._mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
         self._fd: int | None = None
 
     def __enter__(self) -> FileLock:
@@ -43,7 +52,12 @@ class FileLock:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         else:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._fd, self._mode)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

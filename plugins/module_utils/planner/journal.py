@@ -17,6 +17,7 @@ module. Pure apart from the file it reads and writes.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,40 @@ def update(path: Path, change: Callable[[dict[str, Any]], dict[str, Any]]) -> di
         if journal != before:
             save(path, journal)
     return journal
+
+
+def parts_lock(path: Path) -> FileLock:
+    """Held (shared) by every running part of a rollout of the journal at ``path``, for as long as
+    it runs (``rollout_steps``): a new run waits until no part of an earlier one runs any more."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return FileLock(path.with_name(f".{path.name}.parts"), shared=True)
+
+
+def wait_for_earlier_parts(path: Path, timeout: float, said: Callable[[str], None]) -> float:
+    """Before a new run starts: wait until no part of an earlier run of this journal still runs (a
+    killed deploy leaves its parts running - Ansible's workers are sessions of their own - and each
+    ends after the part it is in, up to that part's timeout). Returns the seconds waited."""
+    started = time.monotonic()
+    lock = path.with_name(f".{path.name}.parts")
+    if not lock.exists():
+        return 0.0
+    told = False
+    while True:
+        try:
+            with FileLock(lock, wait=False):
+                return round(time.monotonic() - started, 2)
+        except BlockingIOError:
+            pass
+        waited = time.monotonic() - started
+        if waited > timeout:
+            raise JournalError(
+                f"parts of an earlier run of this rollout still run after {waited:.0f} s ({lock} is "
+                "locked): is another deploy of this service running?"
+            )
+        if not told:
+            said("waiting for the parts of an earlier (interrupted) run of this rollout to end")
+            told = True
+        time.sleep(0.1)
 
 
 def save(path: Path, journal: Mapping[str, Any]) -> None:

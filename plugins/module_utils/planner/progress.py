@@ -114,6 +114,48 @@ def gate(
     return gated, why
 
 
+MOVES = ("traffic", "cycle", "wait", "done", "halted")
+
+
+def next_move(journal: Mapping[str, Any], host: str) -> tuple[dict[str, Any], str, int]:
+    """What the rollout task of instance ``host`` does next: ``(journal, move, step)``.
+
+    Every instance of a rollout runs its whole part in one task, all at once (``rollout_steps``);
+    the journal is where they meet. ``move`` is one of ``MOVES``:
+
+    - ``traffic``: step ``step``'s LB part is due and nobody runs it yet: ``host`` claims it (the
+      journal returned says so) and runs it on every LB; any instance still in the run may;
+    - ``cycle``: ``host``'s batch is drained everywhere: its own cycle is due;
+    - ``wait``: a part of ``step`` is running elsewhere (an LB step claimed, another instance cycling);
+    - ``done``: everything ``host`` waits for is done: its cycle, and the LB step that put its batch
+      back (every step before that one complete);
+    - ``halted``: the rollout halted; nothing more runs.
+
+    The steps are taken strictly in order, so a part starts only once every part before it reported
+    success: the same order ``gate`` keeps for parts run one task at a time.
+    """
+    if journal.get("status") == "halted":
+        return dict(journal), "halted", -1
+    run = journal.get("run") or {}
+    steps, lbs, events = run.get("steps") or [], run.get("lbs") or [], run.get("events") or {}
+    claims = run.get("claims") or {}
+    mine = [index for index, step in enumerate(steps) if host in step["cycle"]]
+    last = min(max(mine) + 1, len(steps) - 1) if mine else -1
+    for index in range(last + 1):
+        at = events.get(str(index), {})
+        if not _all_ok(at.get("traffic", {}), lbs):
+            if str(index) in claims:
+                return dict(journal), "wait", index
+            claimed = {**run, "claims": {**claims, str(index): host}}
+            return {**journal, "run": claimed}, "traffic", index
+        cycle = steps[index]["cycle"]
+        if host in cycle and host not in at.get("cycle", {}):
+            return dict(journal), "cycle", index
+        if index < last and not _all_ok(at.get("cycle", {}), cycle):
+            return dict(journal), "wait", index
+    return dict(journal), "done", last
+
+
 def _missing_before(run: Mapping[str, Any], step: int, kind: str) -> list[str]:
     """The LBs and instances whose report ``kind`` at ``step`` waits for and that have not given it."""
     steps, lbs, events = run.get("steps") or [], run.get("lbs") or [], run.get("events") or {}

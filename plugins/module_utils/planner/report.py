@@ -23,6 +23,8 @@ def record_step(
     step = int(where["step"])
 
     def change(journal: dict[str, Any]) -> dict[str, Any]:
+        if problem := superseded(journal, where):
+            raise rollout_journal.JournalError(f"{problem}: {who}'s report is not recorded")
         if kind == "traffic":
             return progress.record_traffic(journal, step, who, started, result)
         if kind == "early":
@@ -42,9 +44,54 @@ def gate_step(where: Mapping[str, Any], kind: str) -> tuple[str, list[str]]:
     outcome: dict[str, Any] = {}
 
     def change(journal: dict[str, Any]) -> dict[str, Any]:
+        if problem := superseded(journal, where):
+            outcome["why"], outcome["keep_out"] = problem, []
+            return journal
         gated, outcome["why"] = progress.gate(journal, int(where["step"]), kind, bool(where.get("recover")))
         outcome["keep_out"] = list((gated.get("halt") or {}).get("keep_out", []))
         return gated
 
     rollout_journal.update(path, change)
     return str(outcome["why"]), outcome["keep_out"]
+
+
+def next_move(where: Mapping[str, Any], host: str) -> tuple[str, int, dict[str, Any]]:
+    """``progress.next_move`` for instance ``host``, under the journal's lock (a claim is written
+    before the lock is let go, so two instances never run the same LB step): ``(move, step, journal)``;
+    ``superseded`` when ``where`` names a run that is no longer the journal's."""
+    path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
+    outcome: dict[str, Any] = {}
+
+    def change(journal: dict[str, Any]) -> dict[str, Any]:
+        if superseded(journal, where):
+            outcome["move"], outcome["step"] = "superseded", -1
+            return journal
+        moved, outcome["move"], outcome["step"] = progress.next_move(journal, host)
+        return moved
+
+    journal = rollout_journal.update(path, change)
+    return str(outcome["move"]), int(outcome["step"]), journal
+
+
+def signature(where: Mapping[str, Any]) -> tuple[int, int, int]:
+    """What changes whenever the journal is written (it is replaced by a rename): a waiting
+    instance reads the journal again only then."""
+    path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def superseded(journal: Mapping[str, Any], where: Mapping[str, Any]) -> str:
+    """Why a part of run ``where["run"]`` may no longer act (empty: it may, or ``where`` names no
+    run). A deploy killed mid-rollout can leave its parts running (Ansible's workers are sessions
+    of their own, so killing the playbook's process group misses them); the rerun starts a new run,
+    and what the old one still does must neither move traffic nor land in the new run's events."""
+    if where.get("run") is None:
+        return ""
+    current = (journal.get("run") or {}).get("id")
+    if current == where["run"]:
+        return ""
+    return f"run {where['run']} of this rollout was superseded by run {current}"
