@@ -16,9 +16,9 @@ description:
   - C(read) returns the journal (empty when nothing was ever rolled out).
   - C(start) records a rollout that is starting; a rerun of an unfinished rollout keeps where it
     started from and the batches already done.
-  - C(batch_done) appends one finished batch with its wall time and its longest waits (drain,
-    rise, ready), read from the registered results of the batch's tasks.
-  - C(halt) records that the rollout stopped at a host and why; C(complete) that it finished.
+  - A running rollout's parts (M(berth.fleet.rollout_steps), M(berth.fleet.lb_traffic),
+    M(berth.fleet.instance_cycle)) record their own outcomes; the journal derives the finished
+    batches, the halt and the completion from them.
   - C(rollback_version) returns the one revision the last rollout started from, or fails saying
     why there is none. C(desired_version) returns the version a reconcile converges to and why.
   - The file is written atomically with mode 0600.
@@ -35,7 +35,7 @@ options:
     description: What to do (see the description).
     type: str
     default: read
-    choices: [read, start, batch_done, halt, complete, rollback_version, desired_version]
+    choices: [read, start, rollback_version, desired_version]
   target:
     description: With C(start), the version being rolled out.
     type: str
@@ -49,7 +49,7 @@ options:
   steps:
     description:
       - With C(start), the plan's traffic steps (M(berth.fleet.rollout_plan) C(steps)). The steps'
-        own calls (M(berth.fleet.lb_step), M(berth.fleet.instance_cycle)) then record their events
+        own parts (M(berth.fleet.rollout_steps)) then record their events
         and the journal derives the finished batches and the status from them.
     type: list
     elements: dict
@@ -60,34 +60,6 @@ options:
     elements: str
     default: []
     version_added: 0.3.0
-  hosts:
-    description: With C(batch_done), the instances of the finished batch.
-    type: list
-    elements: str
-  seconds:
-    description: With C(batch_done), the batch's wall time.
-    type: float
-  drained:
-    description: With C(batch_done), the registered results of the drain waits (their C(waited)).
-    type: list
-    elements: raw
-    default: []
-  gates:
-    description: With C(batch_done), the registered results of the health gates (their C(risen_after)).
-    type: list
-    elements: raw
-    default: []
-  ups:
-    description: With C(batch_done), the registered results of the waits for UP (their C(waited)).
-    type: list
-    elements: raw
-    default: []
-  host:
-    description: With C(halt), the instance the rollout stopped at.
-    type: str
-  reason:
-    description: With C(halt), what failed.
-    type: str
   inventory_version:
     description: With C(desired_version), the version the inventory's service descriptor asks for.
     type: str
@@ -106,8 +78,8 @@ attributes:
   idempotent:
     support: full
     description:
-      - C(start) for a rollout that is already recorded the same way, C(halt) and C(complete) when the
-        journal already says so, and the reading actions change nothing.
+      - C(start) for a rollout that is already recorded the same way, and the reading actions,
+        change nothing.
 """
 
 EXAMPLES = r"""
@@ -118,15 +90,6 @@ EXAMPLES = r"""
     action: rollback_version
   register: previous
 
-- name: A batch is done
-  berth.fleet.rollout_journal:
-    state_dir: "{{ berth_state_dir }}"
-    service: catalog
-    action: batch_done
-    hosts: "{{ ansible_play_batch }}"
-    seconds: 12.5
-  delegate_to: localhost
-  run_once: true
 """
 
 RETURN = r"""
@@ -160,8 +123,6 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner import progres
 EARLIER_PARTS_TIMEOUT = 300
 REQUIRED_BY_ACTION = {
     "start": ["target", "versions", "batches"],
-    "batch_done": ["hosts", "seconds"],
-    "halt": ["host", "reason"],
     "desired_version": ["inventory_version"],
 }
 
@@ -176,21 +137,6 @@ def advance(params: dict[str, Any], before: dict[str, Any], path: str) -> dict[s
         if params["steps"] is not None:
             journal = progress.run_started(journal, params["steps"], params["lbs"])
         return {"journal": journal}
-    if action == "batch_done":
-        return {
-            "journal": rollout_journal.journal_batch_done(
-                before,
-                params["hosts"],
-                params["seconds"],
-                drain_waits=rollout_journal.waits(params["drained"], "waited"),
-                risen_after=rollout_journal.waits(params["gates"], "risen_after"),
-                ready_waits=rollout_journal.waits(params["ups"], "waited"),
-            )
-        }
-    if action == "halt":
-        return {"journal": rollout_journal.journal_halted(before, params["host"], params["reason"])}
-    if action == "complete":
-        return {"journal": rollout_journal.journal_complete(before) if before else before}
     if action == "rollback_version":
         return {"journal": before, "version": rollout_journal.rollback_version(before, service, path)}
     if action == "desired_version":
@@ -208,20 +154,13 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "action": {
         "type": "str",
         "default": "read",
-        "choices": ["read", "start", "batch_done", "halt", "complete", "rollback_version", "desired_version"],
+        "choices": ["read", "start", "rollback_version", "desired_version"],
     },
     "target": {"type": "str"},
     "versions": {"type": "dict"},
     "batches": {"type": "list", "elements": "list"},
     "steps": {"type": "list", "elements": "dict"},
     "lbs": {"type": "list", "elements": "str", "default": []},
-    "hosts": {"type": "list", "elements": "str"},
-    "seconds": {"type": "float"},
-    "drained": {"type": "list", "elements": "raw", "default": []},
-    "gates": {"type": "list", "elements": "raw", "default": []},
-    "ups": {"type": "list", "elements": "raw", "default": []},
-    "host": {"type": "str"},
-    "reason": {"type": "str"},
     "inventory_version": {"type": "str"},
 }
 REQUIRED_IF = [("action", action, needed) for action, needed in REQUIRED_BY_ACTION.items()]

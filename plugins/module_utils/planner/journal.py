@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,25 +142,6 @@ def journal_started(
     return journal
 
 
-def journal_batch_done(
-    journal: Mapping[str, Any],
-    hosts: list[str],
-    seconds: float,
-    drain_waits: list[float],
-    risen_after: list[float],
-    ready_waits: list[float],
-) -> dict[str, Any]:
-    """The journal with one more finished batch and where its time went (the longest of each wait)."""
-    record = {
-        "hosts": hosts,
-        "seconds": round(seconds, 2),
-        "drain_wait": round(max(drain_waits, default=0.0), 2),
-        "risen_after": round(max(risen_after, default=0.0), 2),
-        "ready_wait": round(max(ready_waits, default=0.0), 2),
-    }
-    return {**journal, "batches_done": [*journal.get("batches_done", []), record]}
-
-
 def desired_version(journal: Mapping[str, Any], inventory_version: str, service: str) -> dict[str, str]:
     """The version a reconcile converges a service to, and why (from its rollout journal).
 
@@ -191,27 +172,6 @@ def desired_version(journal: Mapping[str, Any], inventory_version: str, service:
         f"(playbooks/deploy.yml -e service={service} -e version={target}) or return "
         f"(playbooks/rollback.yml -e service={service}); reconcile does not choose for you"
     )
-
-
-def journal_halted(journal: Mapping[str, Any], host: str, reason: str) -> dict[str, Any]:
-    """The journal of a rollout that stopped at ``host`` (its batch was reverted)."""
-    return {**journal, "status": "halted", "halted_at": host, "reason": reason}
-
-
-def journal_complete(journal: Mapping[str, Any]) -> dict[str, Any]:
-    return {**journal, "status": "complete"}
-
-
-def waits(results: Iterable[Any], key: str) -> list[float]:
-    """The ``key`` of every registered task result, looking inside loop results."""
-    values = []
-    for result in results:
-        if not isinstance(result, Mapping):
-            continue
-        for item in result.get("results", [result]):
-            if isinstance(item, Mapping) and item.get(key) is not None:
-                values.append(float(item[key]))
-    return values
 
 
 def rollback_version(journal: Mapping[str, Any], service: str, path: str) -> str:
