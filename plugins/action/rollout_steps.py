@@ -159,7 +159,7 @@ class ActionModule(ActionBase):
         }
         started = time.monotonic()
         try:
-            answer, failed = lb_traffic.run(params, check), False
+            answer, failed = lb_traffic.run(params, check, display.display), False
         except ModuleFailure as failure:
             answer, failed = {"msg": str(failure), **failure.fields}, True
         except Exception as exc:  # a bug here must not leave the claim for the others to wait on

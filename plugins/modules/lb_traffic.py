@@ -150,6 +150,7 @@ opened:
 """
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -170,6 +171,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.step i
 from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import JournalError
 from ansible_collections.berth.fleet.plugins.module_utils.planner.report import gate_step, record_step
 
+Said = Callable[[str], None]
 TARGET_OPTIONS = {
     "name": {"type": "str", "required": True},
     "address": {"type": "str", "required": True},
@@ -224,21 +226,25 @@ def forwards(params: dict[str, Any]) -> list[SocketForward]:
 
 
 def one_lb(
-    forward: SocketForward, request: StepRequest, check_mode: bool
+    forward: SocketForward, request: StepRequest, check_mode: bool, said: Said | None = None
 ) -> tuple[float, dict[str, Any], bool]:
     started = time.time()
     try:
         opened = forward.ensure()
     except ForwardError as exc:
         return started, {"failed": True, "unreachable": True, "msg": str(exc)}, False
+    name = forward.target.name
+    told = None if said is None else (lambda line: said(f"{name}: {line}"))
     try:
-        result = run_step(request, check_mode, UnixSocketTransport(str(forward.local_path)))
+        result = run_step(request, check_mode, UnixSocketTransport(str(forward.local_path)), told)
     except HaproxyError as exc:
         result = {"failed": True, "msg": f"{forward.target.name}: {exc}", **exc.details}
     return started, result, opened
 
 
-def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+def run(params: dict[str, Any], check_mode: bool, said: Said | None = None) -> dict[str, Any]:
+    """The module's job (``main`` and the action plugin share it); ``said`` hears what long waits
+    wait for, per load balancer."""
     if params["action"] == "close":
         for forward in forwards(params):
             forward.close()
@@ -264,7 +270,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
                 {**step, "ready": [h for h in step["ready"] if h not in keep_out]}
             )
     with ThreadPoolExecutor(max_workers=max(len(lbs), 1)) as pool:
-        outcomes = list(pool.map(lambda forward: one_lb(forward, request, check_mode), lbs))
+        outcomes = list(pool.map(lambda forward: one_lb(forward, request, check_mode, said), lbs))
     results: dict[str, Any] = {}
     for forward, (started, result, _opened) in zip(lbs, outcomes, strict=True):
         results[forward.target.name] = result

@@ -181,6 +181,28 @@ def test_drain_waits_for_every_server_and_returns_right_after_the_last_session()
     ]
 
 
+def test_a_long_wait_says_what_it_waits_for_every_two_seconds() -> None:
+    fake = backend(3)
+    fake.servers["s1"].scur = 2
+    fake.sessions_end_at["s1"] = 4.5
+    maint(fake, "s3")
+    heard: list[str] = []
+    request = StepRequest.from_params({"backend": "app", "ready": ["s3"], "drain": ["s1"]})
+    LbStep(request, fake, clock=fake.clock, sleep=fake.sleep, said=heard.append).run(False)
+    drain = [line for line in heard if "session" in line]
+    assert [line.split(", ")[0] for line in drain] == ["s1 holds 2 session(s): waiting for them to end"] * 2
+    assert [float(line.rsplit(", ", 1)[1].rstrip(" s")) for line in drain] == pytest.approx(
+        [2.0, 4.0], abs=0.11
+    )
+    assert all("waiting for UP" not in line for line in heard)  # s3 was UP well within 2 s
+    quiet: list[str] = []
+    fake.servers["s2"].scur = 1
+    fake.sessions_end_at["s2"] = fake.clock() + 1.0
+    request = StepRequest.from_params({"backend": "app", "drain": ["s2"]})
+    LbStep(request, fake, clock=fake.clock, sleep=fake.sleep, said=quiet.append).run(False)
+    assert quiet == []  # a short wait says nothing
+
+
 def test_wait_drained_lets_a_next_batch_drain_without_waiting_for_it() -> None:
     fake = backend(4)
     fake.servers["s1"].scur = 1

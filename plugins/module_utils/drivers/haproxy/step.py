@@ -51,6 +51,9 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.wait i
     wait_servers,
 )
 
+# a wait longer than this says what it waits for, and again after as long
+PROGRESS_EVERY = 2.0
+
 # --- the request --------------------------------------------------------------------------------
 
 
@@ -177,11 +180,13 @@ class LbStep:
         transport: Transport,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        said: Callable[[str], None] | None = None,
     ) -> None:
         self.request = request
         self.transport = transport
         self.clock = clock
         self.sleep = sleep
+        self.said = said  # told what a long wait waits for, every PROGRESS_EVERY seconds
         self.before: dict[str, ServerState] = {}
         self.latest: dict[str, ServerState] = {}
         self.fresh = False  # whether `latest` was read after the last command
@@ -228,8 +233,11 @@ class LbStep:
             self.unverified.append(change)
 
     def wait(self, names: Sequence[str], arrived: Callable[[ServerState], bool], timeout: float) -> Waited:
+        read = reusing(self.latest if self.fresh else None, self.read)
+        if self.said is not None:
+            read = self.telling(read, names, arrived)
         return wait_servers(
-            reusing(self.latest if self.fresh else None, self.read),
+            read,
             names,
             arrived,
             timeout,
@@ -237,6 +245,34 @@ class LbStep:
             self.clock,
             self.sleep,
         )
+
+    def telling(
+        self,
+        read: Callable[[], dict[str, ServerState]],
+        names: Sequence[str],
+        arrived: Callable[[ServerState], bool],
+    ) -> Callable[[], dict[str, ServerState]]:
+        """``read``, and every PROGRESS_EVERY seconds of the wait a line on the servers not there yet
+        (``catalog-3 holds 2 session(s): waiting for them to end, 2.4 s``)."""
+        said, started = self.said, self.clock()
+        told = [started]
+        waiting_for = "UP" if arrived is is_up else "idle"
+
+        def read_and_tell() -> dict[str, ServerState]:
+            states = read()
+            now = self.clock()
+            pending = [name for name in names if not arrived(states[name])]
+            if said is not None and pending and now - told[0] >= PROGRESS_EVERY:
+                told[0] = now
+                if waiting_for == "idle":
+                    detail = ", ".join(f"{name} holds {states[name].sessions} session(s)" for name in pending)
+                    said(f"{detail}: waiting for them to end, {now - started:.1f} s")
+                else:
+                    detail = ", ".join(f"{name} is {states[name].operational}" for name in pending)
+                    said(f"{detail}: waiting for UP, {now - started:.1f} s")
+            return states
+
+        return read_and_tell
 
     def put_in_rotation(self) -> None:
         request = self.request
@@ -304,6 +340,12 @@ class LbStep:
         }
 
 
-def run_step(request: StepRequest, check_mode: bool, transport: Transport | None = None) -> dict[str, Any]:
-    """The module's whole job: connect to ``request.socket`` (unless a transport is given) and step."""
-    return LbStep(request, transport or UnixSocketTransport(request.socket)).run(check_mode)
+def run_step(
+    request: StepRequest,
+    check_mode: bool,
+    transport: Transport | None = None,
+    said: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The module's whole job: connect to ``request.socket`` (unless a transport is given) and step;
+    ``said`` hears what a long wait waits for."""
+    return LbStep(request, transport or UnixSocketTransport(request.socket), said=said).run(check_mode)
