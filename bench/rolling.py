@@ -15,7 +15,7 @@ cost of that policy shows.
     .venv/bin/python bench/rolling.py --scale 4,8,16,32      # Berth only, 25 %: time vs floor per size
 
 The classic recipe needs community.general (its haproxy module): the `ansible` 12.x package from
-PyPI is installed once into .cache/classic (not a project dependency).
+PyPI is installed once into .cache/classic (tools/classic_collections.py; not a project dependency).
 """
 
 from __future__ import annotations
@@ -33,25 +33,16 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: tools/ and the collection
+from tools.classic_collections import CLASSIC, ensure_classic_collections
 from tools.inventory_json import hostvars as inventory_hostvars
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CLASSIC = ROOT / ".cache" / "classic"
 ENV_NAME = "bench"
 STATE = ROOT / ".cache" / "bench-state"
 # each benchmark run keeps its playbook outputs (Berth's timeline at their end) in a folder of its own
 LOGS = ROOT / ".cache" / "bench-logs" / time.strftime("%Y%m%d-%H%M%S")
 LB_UNDER_TEST = {"loadbalancer_retries": 0, "loadbalancer_redispatch": False}
-
-
-def ensure_classic_collections() -> None:
-    if not (CLASSIC / "ansible_collections" / "community" / "general").is_dir():
-        print("installing community.general (ansible 12.3.0 from PyPI) into .cache/classic ...", flush=True)
-        subprocess.run(
-            [str(BIN / "pip"), "install", "-q", "--no-deps", "--target", str(CLASSIC), "ansible==12.3.0"],
-            check=True,
-        )
 
 
 def spec_path(instances: int = 4, max_unavailable: int | str = 1) -> Path:

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from tests.collection import BIN, ROOT, build_collection, install_collection, outside_env
 
 
 def test_built_and_installed_collection_serves_inventory_and_docs(tmp_path: Path) -> None:
-    subprocess.run(
-        [str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path), str(ROOT)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    tarball = next(tmp_path.glob("berth-fleet-*.tar.gz"))
+    tarball = build_collection(tmp_path)
     with tarfile.open(tarball) as archive:
         names = archive.getnames()
     assert "plugins/inventory/topology.py" in names and "roles/local_estate/tasks/main.yml" in names
@@ -31,21 +22,12 @@ def test_built_and_installed_collection_serves_inventory_and_docs(tmp_path: Path
     # from here on: outside the checkout, no ansible.cfg of ours, only the installed collection
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
-        "ANSIBLE_COLLECTIONS_PATH": str(collections),
-        "ANSIBLE_INVENTORY_ENABLED": "berth.fleet.topology",
-        "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true",
-    }
-    subprocess.run(
-        [str(BIN / "ansible-galaxy"), "collection", "install", str(tarball), "-p", str(collections)],
-        cwd=outside,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+    env = outside_env(
+        ANSIBLE_COLLECTIONS_PATH=str(collections),
+        ANSIBLE_INVENTORY_ENABLED="berth.fleet.topology",
+        ANSIBLE_INVENTORY_UNPARSED_FAILED="true",
     )
-    assert (collections / "ansible_collections" / "berth" / "fleet" / "MANIFEST.json").is_file()
+    install_collection(tarball, collections)
     graph = subprocess.run(
         [str(BIN / "ansible-inventory"), "-i", str(ROOT / "inventories" / "prod"), "--graph"],
         cwd=outside,
