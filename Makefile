@@ -118,3 +118,8 @@ test: deps lint sanity
 
 clean:
 	rm -rf ansible_collections .stamps .pytest_cache .mypy_cache .ruff_cache
+
+# Berth's execution environment (docs/awx.md): podman from Debian, the lab's base rootfs imported as
+# the base image, ansible-builder build, a playbook run in it by ansible-runner. About 2 min cold.
+ee: deps
+	python tools/ee.py all
