@@ -264,7 +264,7 @@ def _echo_steps(lines: IO[str], out: IO[str], started: float) -> None:
     for line in lines:
         out.write(line)
         text = line.strip()
-        _, _, instruction = text.partition(": ")
+        instruction = text.partition(": ")[2]
         if ("STEP " in text and instruction.startswith(("FROM ", "RUN ", "COPY "))) or text.startswith(
             "Successfully tagged"
         ):
