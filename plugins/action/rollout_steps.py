@@ -77,6 +77,8 @@ class ActionModule(ActionBase):
         self._task_vars = task_vars
         self._parts: list[dict[str, Any]] = []
         self._cycle_result: dict[str, Any] = {}
+        if params["halt"]:
+            return {**result, **self._halt(params["halt"])}
         if self._task.check_mode:
             return {**result, **self._check()}
         try:
@@ -225,6 +227,18 @@ class ActionModule(ActionBase):
             color="red" if failed else None,
         )
         return not failed
+
+    def _halt(self, why: str) -> dict[str, Any]:
+        """This instance cannot take part: its part halts the rollout now, as a failed cycle would."""
+        mine = [index for index, step in enumerate(self._steps) if self._host in step["cycle"]]
+        if mine and not self._task.check_mode:
+            where = {**self._where, "step": mine[0]}
+            try:
+                report.record_step(where, "cycle", self._host, time.time(), {"failed": True, "msg": why})
+            except JOURNAL_FAULTS as exc:
+                why = f"{why}; and the journal could not record it: {exc}"
+        display.display(f"{self._where['service']}: {self._host} halts the rollout: {why}", color="red")
+        return self._answer(failed=True, msg=why)
 
     # -- check mode: what this instance's parts would change, no journal ---------------------------
     def _check(self) -> dict[str, Any]:

@@ -13,7 +13,10 @@ description:
     whether every load balancer's C(loadbalancer_result.servers) has the instance in rotation.
   - The same file provides C(rollout_reachable), used as
     C(hostvars | berth.fleet.rollout_reachable(hosts)), which returns the hosts whose
-    C(__rollout_release) query ran and reached them.
+    C(__rollout_release) query ran and reached them; and C(rollout_outcome), used as
+    C(journal | berth.fleet.rollout_outcome(verb, service, state_dir)), which returns what a verb
+    publishes with C(set_stats) - C(verb), C(service), C(version), C(status), C(batches)
+    (C(planned), C(done)), C(failures), C(outcome) and the C(journal) path.
 options:
   _input:
     description: C(hostvars).
@@ -48,10 +51,26 @@ _value:
   elements: dict
 """
 
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import (
+    JournalError,
+    journal_path,
+    outcome,
+)
 from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import (
     members_from_inventory,
     reachable_in_inventory,
 )
+
+
+def rollout_outcome(journal, verb, service, state_dir):
+    """What a verb publishes with set_stats, from the rollout journal (``planner/journal.py``)."""
+    try:
+        path = journal_path(str(state_dir), str(service))
+    except JournalError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+    return outcome(dict(journal or {}), str(verb), str(service), str(path))
 
 
 class FilterModule:
@@ -59,4 +78,5 @@ class FilterModule:
         return {
             "rollout_members": members_from_inventory,
             "rollout_reachable": reachable_in_inventory,
+            "rollout_outcome": rollout_outcome,
         }

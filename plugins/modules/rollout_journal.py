@@ -89,7 +89,6 @@ EXAMPLES = r"""
     service: catalog
     action: rollback_version
   register: previous
-
 """
 
 RETURN = r"""

@@ -49,6 +49,13 @@ options:
     description: The rollout's journal - C(state_dir) and C(service).
     type: dict
     required: true
+  halt:
+    description:
+      - Why this instance cannot take part (its install failed, it could not be reached). Not empty,
+        its part halts the rollout at once with this reason (recorded in the journal as this
+        instance's failure, so every other instance stops and the caller recovers).
+    type: str
+    default: ""
 attributes:
   action:
     support: full
@@ -111,6 +118,7 @@ ARGUMENT_SPEC = {
     "traffic": {"type": "dict", "required": True},
     "cycle": {"type": "dict", "required": True},
     "journal": {"type": "dict", "required": True},
+    "halt": {"type": "str", "default": ""},
 }
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from tests.integration.lab import (
     PROVISION,
     ROLLBACK,
     ROOT,
+    LabSsh,
     PlaybookRun,
     destroyed_afterwards,
     inventory_hostvars,
@@ -119,6 +120,11 @@ class RolloutLab:
             ).get("version", "down")
             for host in self.instances(service)
         }
+
+    @property
+    def ssh(self) -> LabSsh:
+        env_dir = self.workdir / "state" / self.environment
+        return LabSsh(self.namespace, env_dir / "id_ed25519", env_dir / "known_hosts")
 
     def journal(self, service: str) -> dict[str, Any]:
         return dict(
@@ -240,7 +246,7 @@ def test_the_same_version_again_changes_nothing(rollout_lab: RolloutLab, lab_met
     again = rollout_lab.deploy("-e", "service=catalog", "-e", "version=v2")
     assert again.returncode == 0, again.output[-4000:]
     assert again.changed == 0, again.output[-4000:]
-    assert "Step | Every load balancer" not in again.output  # nothing was drained
+    assert "catalog step 1/" not in again.output  # no step ran: nothing was drained
     assert "nothing to do" in again.output
     lab_metrics.add(f"the same version again: changed=0, nothing drained, {again.seconds} s")
 
@@ -263,6 +269,39 @@ def test_a_broken_release_halts_in_the_first_batch_and_reverts(
     lab_metrics.add(
         f"broken v3: halted and reverted in {broken.seconds} s; {report['short']['sent']} requests, 0 failed"
     )
+
+
+def test_an_instance_whose_install_fails_halts_the_rollout_and_is_never_touched(
+    rollout_lab: RolloutLab, lab_metrics: Any
+) -> None:
+    """Each instance installs and then takes its part on its own (strategy free): one whose install
+    fails halts the whole rollout at once, naming why, and the recovery puts back what was drained."""
+    lab = rollout_lab
+    victim = lab.instances("catalog")[2]  # in a later batch than the first
+    address = lab.hostvars[victim]["ansible_host"]
+    config = f"/etc/berth/{victim}.json"
+    moved = lab.ssh.run(
+        address, f"mv {config} {config}.kept && mkdir {config}"
+    )  # the install cannot write it
+    assert moved.returncode == 0, moved.stderr
+    try:
+        run, report = lab.deploy_under_load(
+            "install-fails", "-e", "service=catalog", "-e", "version=v1", settle=2
+        )
+    finally:
+        restored = lab.ssh.run(address, f"rmdir {config} && mv {config}.kept {config}")
+    assert restored.returncode == 0, restored.stderr
+    assert run.returncode != 0
+    assert f"halted at {victim}: the install failed" in " ".join(run.output.split()), run.output[-4000:]
+    assert_no_request_lost(report)
+    assert lab.journal("catalog")["status"] == "halted"
+    assert lab.versions("catalog")[victim] == "v2"  # never stopped nor switched
+    seen = {host: lb_sees(lab, host) for host in lab.instances("catalog")}
+    assert all(status == {"UP"} for status in seen.values()), seen  # what was drained is back
+    lab_metrics.add(f"an install that fails on {victim}: halted and recovered in {run.seconds} s, 0 failed")
+    again = lab.deploy("-e", "service=catalog", "-e", "version=v2")  # the estate as the next test expects it
+    assert again.returncode == 0, again.output[-4000:]
+    assert set(lab.versions("catalog").values()) == {"v2"}
 
 
 def test_an_interrupted_rollout_completes_when_rerun(rollout_lab: RolloutLab) -> None:

@@ -88,17 +88,21 @@ class FakeSystemctl:
         self.load_state = load_state
         self.enabled = enabled
         self.failing: dict[str, str] = {}  # verb -> the stderr it fails with
+        self.dies_with = ""  # a started process that exits at once, saying this in its journal
+        self.died = False
         self.calls: list[tuple[str, str | None]] = []
         if active:
             health.serving = version_of_link(self.current)
 
     def __call__(self, argv: Sequence[str]) -> CommandResult:
+        if argv[0] == "journalctl":
+            return CommandResult(0, f"Started it.\n{self.dies_with}\n" if self.died else "", "")
         verb = argv[1]
         self.calls.append((verb, version_of_link(self.current)))
         if verb in self.failing:
             return CommandResult(1, "", f"some noise\n{self.failing[verb]}\n")
         if verb == "show":
-            active = "active" if self.active else "inactive"
+            active = "active" if self.active else "failed" if self.died else "inactive"
             sub = "running" if self.active else "dead"
             lines = [f"LoadState={self.load_state}", f"ActiveState={active}", f"SubState={sub}"]
             unit_file = "enabled" if self.enabled else "disabled"
@@ -111,6 +115,8 @@ class FakeSystemctl:
             self.active, self.health.serving = False, None
         elif verb == "start":
             self.active, self.health.serving = True, version_of_link(self.current)
+            if self.dies_with:
+                self.active, self.died, self.health.serving = False, True, None
         return CommandResult(0, "", "")
 
     @property
@@ -241,6 +247,18 @@ def test_a_failing_first_deploy_is_stopped_again_and_stays_out(tmp_path: Path, h
     assert "no previous release to go back to (a first deploy)" in message
     assert message.endswith(f"{UNIT} is stopped, the instance stays out")
     assert result.after == {"current": "v1", "unit": "inactive"}
+
+
+def test_a_release_whose_process_dies_says_what_it_said_last(tmp_path: Path, health: HealthServer) -> None:
+    root = tmp_path / "opt"
+    stage(tmp_path, root, "v1")
+    fake = FakeSystemctl(root, health, active=False)
+    fake.dies_with = "OSError: [Errno 98] Address already in use"
+    message, _result = failed(cycle(root, fake, health.url, "v1", timeout=0.5))
+    assert (
+        f"{UNIT} is failed, its last log lines: Started it. | OSError: [Errno 98] Address already in use"
+        in message
+    )
 
 
 def test_a_release_that_is_not_staged_fails_before_anything_is_stopped(

@@ -112,6 +112,14 @@ class Systemctl:
     def daemon_reload(self) -> float:
         return self._timed([self.binary, "daemon-reload"])
 
+    def last_lines(self, unit: str, lines: int = 6) -> list[str]:
+        """The unit's last journal lines (what a process that died said), best effort: [] if none."""
+        try:
+            result = self.runner(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u", unit])
+        except OSError:
+            return []
+        return [line for line in result.stdout.splitlines() if line.strip()][-lines:]
+
     def _timed(self, argv: list[str]) -> float:
         started = self.clock()
         run_checked(self.runner, argv, SystemdError, tail_lines=5)

@@ -142,6 +142,25 @@ def journal_started(
     return journal
 
 
+def outcome(journal: Mapping[str, Any], verb: str, service: str, path: str) -> dict[str, Any]:
+    """What a verb publishes for whoever runs it next (``set_stats``: an AWX workflow's next node):
+    the service, the version, how the rollout ended, its batches and failures, and the journal."""
+    halt = journal.get("halt") or {}
+    halted = journal.get("status") == "halted"
+    where = str(halt.get("host", journal.get("halted_at", "")))
+    batches = {"planned": len(journal.get("plan") or []), "done": len(journal.get("batches_done") or [])}
+    return {
+        "verb": verb,
+        "service": service,
+        "version": str(journal.get("target", "")),
+        "status": str(journal.get("status", "none")) if journal else "none",
+        "batches": batches,
+        "failures": [{"host": where, "reason": str(journal.get("reason", ""))}] if halted else [],
+        "outcome": list(halt.get("outcome", [])),
+        "journal": path,
+    }
+
+
 def desired_version(journal: Mapping[str, Any], inventory_version: str, service: str) -> dict[str, str]:
     """The version a reconcile converges a service to, and why (from its rollout journal).
 

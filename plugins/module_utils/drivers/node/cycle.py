@@ -265,7 +265,7 @@ class InstanceCycle:
                 self._observe_after()
                 return
             result.actions.append(f"health gate failed after {report.seconds} s")
-            failure = f"{request.version} failed its health gate: {report.error}"
+            failure = f"{request.version} failed its health gate: {report.error}{self._died()}"
         if not request.revert_on_failure:
             self._observe_after()
             raise self._error(f"{failure}; revert_on_failure is false: left on {request.version} as it is")
@@ -344,6 +344,17 @@ class InstanceCycle:
         except HealthGateError as exc:
             return GateReport(healthy=False, seconds=round(self.clock() - started, 3), error=str(exc))
         return GateReport(True, outcome.waited, outcome.risen_after, outcome.checks, outcome.failures)
+
+    def _died(self) -> str:
+        """When the unit's process is gone (it exited, it was not slow): what it said last."""
+        try:
+            state = self.systemctl.state(self.request.unit).active_state
+        except SystemdError:
+            return ""
+        if state not in ("failed", "inactive"):
+            return ""
+        said = " | ".join(self.systemctl.last_lines(self.request.unit))
+        return f"; {self.request.unit} is {state}" + (f", its last log lines: {said}" if said else "")
 
     def _observe_after(self) -> None:
         try:
