@@ -21,12 +21,14 @@ PyPI is installed once into .cache/classic (tools/classic_collections.py; not a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,18 +204,47 @@ def compare(args: argparse.Namespace) -> None:
         print(f"{METHODS[key]}: " + "; ".join(ratios))
 
 
+INOTIFY = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_PER_MACHINE = 8  # what the lab's preflight counts (roles/local_estate/tasks/preflight.yml)
+
+
+@contextlib.contextmanager
+def inotify_for(machines: int) -> Iterator[None]:
+    """A lab of ``machines`` nspawn machines needs about 8 inotify instances of root each; the
+    host's default (128) boots about 15. The bench raises the host's limit for the run when it must,
+    says so, and puts the old value back afterwards (Berth itself never changes it: the lab's
+    preflight refuses and names the sysctl)."""
+    before = int(INOTIFY.read_text())
+    needed = machines * INOTIFY_PER_MACHINE
+    if needed <= before:
+        yield
+        return
+    print(
+        f"bench: raising fs.inotify.max_user_instances {before} -> {needed * 2} for {machines} machines",
+        flush=True,
+    )
+    INOTIFY.write_text(str(needed * 2))
+    try:
+        yield
+    finally:
+        INOTIFY.write_text(str(before))
+        print(f"bench: fs.inotify.max_user_instances back to {before}", flush=True)
+
+
 def scale(args: argparse.Namespace) -> None:
     print(f"{'instances':>9} {'batches':>8} {'seconds':>8} {'floor':>7} {'ratio':>6} {'failed':>7}")
     for size in [int(size) for size in args.scale.split(",")]:
         spec = spec_path(size, "25%")
         hostvars = inventory_hostvars(spec)
-        try:
-            playbook(spec, "playbooks/build_artifacts.yml")
-            playbook(spec, "playbooks/provision.yml")
-            seconds, load = rollout(spec, hostvars, "berth", dict(os.environ))
-            journal = journal_now()
-        finally:
-            playbook(spec, "playbooks/destroy.yml")
+        machines = len({v["berth_node"] for v in hostvars.values() if v.get("berth_node")})
+        with inotify_for(machines):
+            try:
+                playbook(spec, "playbooks/build_artifacts.yml")
+                playbook(spec, "playbooks/provision.yml")
+                seconds, load = rollout(spec, hostvars, "berth", dict(os.environ))
+                journal = journal_now()
+            finally:
+                playbook(spec, "playbooks/destroy.yml")
         failed = sum(load[kind]["non_2xx"] + load[kind]["errors"] for kind in ("short", "long"))
         floor = floor_of(journal)
         print(

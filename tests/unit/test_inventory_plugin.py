@@ -130,6 +130,27 @@ def test_constructable_keyed_groups_and_compose(tmp_path: Path) -> None:
     assert data["_meta"]["hostvars"]["catalog-1"]["health_url"] == "http://10.90.1.16:8080/health"
 
 
+def test_execution_nodes_are_hosts_of_their_datacenter_instance_group(tmp_path: Path) -> None:
+    raw = spec()
+    raw["estate"]["datacenters"]["dc1"]["execution_nodes"] = {
+        "exec-dc1": {"address": "10.90.1.3", "machine": "hv-b"}
+    }
+    raw["estate"]["datacenters"]["dc2"]["execution_nodes"] = {"exec-dc2": {"address": "10.90.2.3"}}
+    path = tmp_path / "exec.berth.yml"
+    path.write_text(yaml.safe_dump(raw))
+    data = inventory(path)
+    assert sorted(hosts_of(data, "execution_nodes")) == ["exec-dc1", "exec-dc2"]
+    assert hosts_of(data, "execution_dc1") == ["exec-dc1"] and hosts_of(data, "dc_dc1").count("exec-dc1") == 1
+    assert "exec-dc1" not in hosts_of(data, "lb")  # never configured as a load balancer
+    made, existing = data["_meta"]["hostvars"]["exec-dc1"], data["_meta"]["hostvars"]["exec-dc2"]
+    assert (made["berth_role"], made["berth_substrate"], made["berth_node"]) == (
+        "execution",
+        "vm",
+        "test-exec-dc1",
+    )
+    assert (existing["berth_substrate"], existing["berth_node"]) == ("existing", "exec-dc2")
+
+
 def test_ansible_doc_documents_the_plugin() -> None:
     result = subprocess.run(
         [str(BIN / "ansible-doc"), "-t", "inventory", "berth.fleet.topology"],

@@ -100,6 +100,16 @@ CORPUS: dict[str, tuple[Any, str]] = {
         "estate.datacenters.dc1.loadbalancers.lb-dc1.machine: expected a hypervisor or local machine of "
         "datacenter dc1 (hv-a, hv-b), got 'hv-z'",
     ),
+    "execution-node-on-unknown-machine": (
+        {"estate.datacenters.dc1.execution_nodes": {"exec-dc1": {"address": "10.90.1.3", "machine": "hv-c"}}},
+        "estate.datacenters.dc1.execution_nodes.exec-dc1.machine: expected a hypervisor or local machine of "
+        "datacenter dc1 (hv-a, hv-b), got 'hv-c'",
+    ),
+    "execution-node-named-like-a-load-balancer": (
+        {"estate.datacenters.dc1.execution_nodes": {"lb-dc1": {"address": "10.90.1.3"}}},
+        "estate.datacenters.dc1.execution_nodes.lb-dc1: duplicate name: 'lb-dc1' is already declared at "
+        "estate.datacenters.dc1.loadbalancers.lb-dc1",
+    ),
     "duplicate-machine-name": (
         {"estate.datacenters.dc2.hypervisors.hv-a": HV},
         "estate.datacenters.dc2.hypervisors.hv-a: duplicate name: 'hv-a' is already declared at "

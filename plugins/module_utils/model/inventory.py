@@ -80,7 +80,7 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
         carrier = topology.carrier(lb)
         host_vars: dict[str, Any] = {
             "ansible_host": str(lb.address),
-            "berth_role": "lb",
+            "berth_role": lb.role,
             "berth_dc": lb.dc,
             "berth_address": str(lb.address),
             "berth_machine": lb.machine,

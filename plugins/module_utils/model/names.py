@@ -33,6 +33,7 @@ BUILTIN_GROUPS = {
     "ungrouped": "Ansible's built-in group ungrouped",
     "instances": "the inventory group of every instance",
     "lb": "the inventory group of every load balancer",
+    "execution_nodes": "the inventory group of every execution node",
 }
 LB_SUBSTRATE = {"hypervisor": "vm", "local": "local"}
 
@@ -60,7 +61,17 @@ def lb_substrate(topology: Topology, lb: LoadBalancer) -> str:
 
 
 def lb_groups(topology: Topology, lb: LoadBalancer) -> list[str]:
-    groups = [group_name("env", topology.environment), "lb", group_name("lb", lb.dc), group_name("dc", lb.dc)]
+    """A load balancer is in ``lb`` and ``lb_<dc>``; an execution node in ``execution_nodes`` and
+    ``execution_<dc>`` (the hosts of the DC's AWX instance group)."""
+    role_groups = (
+        ["lb", group_name("lb", lb.dc)]
+        if lb.role == "lb"
+        else [
+            "execution_nodes",
+            group_name("execution", lb.dc),
+        ]
+    )
+    groups = [group_name("env", topology.environment), *role_groups, group_name("dc", lb.dc)]
     if lb.machine:
         groups += [group_name("machine", lb.machine), group_name("substrate", lb_substrate(topology, lb))]
     return groups
@@ -137,7 +148,7 @@ def _check_hosts_and_groups(topology: Topology, instances: tuple[Instance, ...])
         what = f"the inventory host of instance {instance.ordinal} of service {instance.service}"
         hosts.claim(instance.name, f"services.{instance.service}", what)
     for lb in topology.loadbalancers:
-        hosts.claim(lb.name, lb.key, "the inventory host of a load balancer")
+        hosts.claim(lb.name, lb.key, f"the inventory host of a {lb.what}")
 
 
 def _check_nodes(topology: Topology, instances: tuple[Instance, ...]) -> None:
@@ -162,10 +173,10 @@ def _check_nodes(topology: Topology, instances: tuple[Instance, ...]) -> None:
     for lb in topology.loadbalancers:
         if lb.machine:
             generated.append(
-                (lb_node(topology, lb), lb.key, f"the node of load balancer {lb.name}, named <env>-<lb>")
+                (lb_node(topology, lb), lb.key, f"the node of {lb.what} {lb.name}, named <env>-<name>")
             )
         else:
-            written.append((lb.name, lb.key, f"the existing load balancer host {lb.name}"))
+            written.append((lb.name, lb.key, f"the existing {lb.what} host {lb.name}"))
     nodes = _Names(topology.source, "a name no other node has")
     for node, key, what in generated + written:
         problem = node_name_problem(node)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.rules import (
@@ -27,6 +27,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.source import As
 from ansible_collections.berth.fleet.plugins.module_utils.model.statedir import default_namespace
 from ansible_collections.berth.fleet.plugins.module_utils.model.topology import (
     SUBSTRATES,
+    UTILITY_SECTIONS,
     AddressPool,
     Bmc,
     Datacenter,
@@ -186,7 +187,12 @@ class _SpecParser(Reader):
         return address
 
     def datacenter(self, name: str, body: Mapping[str, Any], key: str) -> Datacenter:
-        self.keys(body, key, ("address_pool",), ("hypervisors", "metal", "local", "loadbalancers"))
+        self.keys(
+            body,
+            key,
+            ("address_pool",),
+            ("hypervisors", "metal", "local", "loadbalancers", "execution_nodes"),
+        )
         pool = self.pool(body["address_pool"], dotted(key, "address_pool"))
 
         def hypervisor(m_name: str, m_body: Mapping[str, Any], m_key: str) -> Machine:
@@ -224,7 +230,10 @@ class _SpecParser(Reader):
             + self.named_entries(body.get("local"), dotted(key, "local"), local)
         )
 
-        def loadbalancer(lb_name: str, lb_body: Mapping[str, Any], lb_key: str) -> LoadBalancer:
+        def utility(role: str) -> Callable[[str, Mapping[str, Any], str], LoadBalancer]:
+            return lambda lb_name, lb_body, lb_key: loadbalancer(lb_name, lb_body, lb_key, role)
+
+        def loadbalancer(lb_name: str, lb_body: Mapping[str, Any], lb_key: str, role: str) -> LoadBalancer:
             self.keys(lb_body, lb_key, ("address",), ("machine",))
             address = self.inside(lb_body["address"], dotted(lb_key, "address"), pool)
             machine = ""
@@ -238,10 +247,12 @@ class _SpecParser(Reader):
                         f"expected a hypervisor or local machine of datacenter {name} ({declared}), "
                         f"got {machine!r}{suggest(machine, carriers)}",
                     )
-            return LoadBalancer(lb_name, name, address, machine)
+            return LoadBalancer(lb_name, name, address, machine, role)
 
-        loadbalancers = self.named_entries(
-            body.get("loadbalancers"), dotted(key, "loadbalancers"), loadbalancer
+        loadbalancers = tuple(
+            node
+            for role, section in UTILITY_SECTIONS.items()
+            for node in self.named_entries(body.get(section), dotted(key, section), utility(role))
         )
         return Datacenter(name, pool, machines, loadbalancers)
 

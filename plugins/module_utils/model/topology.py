@@ -102,17 +102,30 @@ class Machine:
         return f"estate.datacenters.{self.dc}.{SECTION_FOR_KIND[self.kind]}.{self.name}"
 
 
+# the datacenter's utility nodes, beside the machines that carry instances: load balancers, and
+# execution nodes (where an AWX instance group of the DC runs its jobs: ansible-runner worker)
+UTILITY_SECTIONS = {"lb": "loadbalancers", "execution": "execution_nodes"}
+
+
 @dataclass(frozen=True)
 class LoadBalancer:
+    """A utility node of a datacenter: a load balancer (``role`` lb) or an execution node
+    (``role`` execution), on a machine of the DC or an existing host, at an address of its own."""
+
     name: str
     dc: str
     address: ipaddress.IPv4Address
     machine: str  # the machine that carries it (local/hypervisor), "" for an existing host
+    role: str = "lb"
 
     @property
     def key(self) -> str:
         """Where the spec declares it."""
-        return f"estate.datacenters.{self.dc}.loadbalancers.{self.name}"
+        return f"estate.datacenters.{self.dc}.{UTILITY_SECTIONS[self.role]}.{self.name}"
+
+    @property
+    def what(self) -> str:
+        return "load balancer" if self.role == "lb" else "execution node"
 
 
 @dataclass(frozen=True)
