@@ -73,6 +73,15 @@ options:
       - Memory limit in MiB for the whole machine (at least 32), applied live if it is running.
       - Omitted keeps the machine's current limit; V(0) removes it.
     type: int
+  binds:
+    description:
+      - Host paths bound read-write into the machine at the same path (C(systemd-nspawn --bind)),
+        such as the environment's state directory for an execution node, so that jobs run there
+        share the rollout journal with the controller. Each must exist on the host.
+      - Takes effect when the machine boots (a running machine is restarted). Omitted keeps what the
+        machine has; V([]) removes them.
+    type: list
+    elements: path
   machines_dir:
     description: Where machines keep their overlay, host key, console log and state.
     type: path
@@ -220,6 +229,7 @@ def main() -> None:
             "authorized_key": {"type": "str", "no_log": False},
             "cpu_quota": {"type": "int"},
             "memory_max": {"type": "int"},
+            "binds": {"type": "list", "elements": "path"},
             "machines_dir": {"type": "path", "default": "/var/lib/berth/machines"},
             "wait": {"type": "bool", "default": True},
             "wait_timeout": {"type": "int", "default": 60},

@@ -104,7 +104,10 @@ def check_against_spec(exported: dict[str, Any], spec: dict[str, Any]) -> None:
         for name in services
     }
     lbs = {lb: dc for dc, body in datacenters.items() for lb in body.get("loadbalancers", {})}
-    assert set(hostvars) == {h for hosts in instances.values() for h in hosts} | set(lbs)
+    executors = {node: dc for dc, body in datacenters.items() for node in body.get("execution_nodes", {})}
+    assert set(hostvars) == {h for hosts in instances.values() for h in hosts} | set(lbs) | set(executors)
+    for node, dc in executors.items():  # the hosts of the DC's instance group
+        assert node in data["execution_nodes"]["hosts"] and node in data[f"execution_{dc}"]["hosts"]
     assert data["all"]["vars"]["berth_environment"] == environment["name"]
     assert set(data["all"]["vars"]["berth_datacenters"]) == set(datacenters)
     assert data["all"]["vars"]["berth_state_dir"]

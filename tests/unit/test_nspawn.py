@@ -209,6 +209,23 @@ def test_nspawn_argv_enters_only_the_lab_network_namespace() -> None:
     assert not any(arg.startswith("--property") for arg in argv)  # ignored without systemd as PID 1
 
 
+def test_binds_are_host_paths_bound_at_the_same_path_and_a_boot_setting(tmp_path: Path) -> None:
+    shared = tmp_path / "state"
+    shared.mkdir()
+    config = request(binds=(str(shared),)).resolve(None)
+    argv = nspawn_argv(config, Path("/m/web-1/merged"))
+    assert f"--bind={shared}" in argv and argv.index(f"--bind={shared}") < argv.index("-D")
+    assert config.boot_relevant() != request().resolve(None).boot_relevant()  # a running machine restarts
+    assert config_from_json(config_to_json(config)) == config
+    old_record = config_to_json(request().resolve(None)).replace('  "binds": [],\n', "")
+    assert config_from_json(old_record).binds == ()  # machines made before binds existed
+    assert request().resolve(config).binds == config.binds  # omitted keeps them
+    assert request(binds=()).resolve(config).binds == ()
+    for bad, why in (("state", "must be an absolute host path"), (str(tmp_path / "none"), "does not exist")):
+        with pytest.raises(NspawnError, match=why):
+            MachineRequest.from_params({"name": "web-1", "binds": [bad]})
+
+
 # --- records ------------------------------------------------------------------------------------
 
 

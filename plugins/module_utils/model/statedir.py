@@ -36,7 +36,11 @@ def known_hosts(state_dir: str, environment: str) -> PurePosixPath:
 
 
 def ssh_common_args(state_dir: str, environment: str, namespace: str) -> str:
-    proxy = f"nsenter --net=/run/netns/{namespace} socat STDIO TCP:%h:%p"
+    """From the controller, SSH enters the lab namespace; from inside the lab (an execution node,
+    which has no such namespace) the same settings connect directly: one inventory for both."""
+    netns = f"/run/netns/{namespace}"
+    inside = "socat STDIO TCP:%h:%p"
+    proxy = f"sh -c 'if [ -e {netns} ]; then exec nsenter --net={netns} {inside}; else exec {inside}; fi'"
     return " ".join(
         [
             f"-o UserKnownHostsFile={known_hosts(state_dir, environment)}",

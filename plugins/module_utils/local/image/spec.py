@@ -30,6 +30,8 @@ BASE_PACKAGES: tuple[str, ...] = (
     "dbus",
     "openssh-server",
     "python3",
+    # an execution node installs ansible-runner into a virtual environment (roles/execution_node)
+    "python3-venv",
     "iproute2",
     "iputils-ping",
     "curl",

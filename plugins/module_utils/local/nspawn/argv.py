@@ -27,6 +27,7 @@ def nspawn_argv(config: MachineConfig, merged: Path) -> list[str]:
         f"--network-bridge={config.bridge}",
         f"--machine={config.name}",
         f"--hostname={config.hostname}",
+        *(f"--bind={path}" for path in config.binds),
         "-D",
         str(merged),
     ]

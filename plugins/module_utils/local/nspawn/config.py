@@ -49,6 +49,7 @@ class MachineConfig:
     authorized_key: str
     cpu_quota: int | None = None  # percent of one CPU
     memory_max: int | None = None  # MiB
+    binds: tuple[str, ...] = ()  # host paths bound at the same path inside
 
     @property
     def ip(self) -> str:
@@ -64,11 +65,12 @@ class MachineConfig:
             "namespace": self.namespace,
             "cpu_quota": self.cpu_quota,
             "memory_max": self.memory_max,
+            "binds": list(self.binds),
         }
 
     def boot_relevant(self) -> tuple[Any, ...]:
         """Fields that only take effect when the machine boots (a running machine is restarted)."""
-        return (self.hostname, self.namespace, self.bridge, self.address, self.gateway)
+        return (self.hostname, self.namespace, self.bridge, self.address, self.gateway, self.binds)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class MachineRequest:
     authorized_key: str | None = None
     cpu_quota: int | None = None
     memory_max: int | None = None
+    binds: tuple[str, ...] | None = None
     machines_dir: Path = DEFAULT_MACHINES_DIR
     wait: bool = True
     wait_timeout: float = 60.0
@@ -105,6 +108,7 @@ class MachineRequest:
             authorized_key=(params.get("authorized_key") or "").strip() or None,
             cpu_quota=params.get("cpu_quota"),
             memory_max=params.get("memory_max"),
+            binds=None if params.get("binds") is None else tuple(str(b) for b in params["binds"]),
             machines_dir=Path(params.get("machines_dir") or DEFAULT_MACHINES_DIR),
             wait=bool(params.get("wait", True)),
             wait_timeout=float(params.get("wait_timeout") or 60),
@@ -153,6 +157,8 @@ class MachineRequest:
             value = getattr(self, param)
             if value is not None:
                 changes[param] = value or None
+        if self.binds is not None:
+            changes["binds"] = self.binds
         config = replace(base, **changes)
         if recorded is not None and config.rootfs != recorded.rootfs:
             raise NspawnError(
@@ -209,6 +215,11 @@ def validate_request(request: MachineRequest) -> list[str]:
     memory_max = request.memory_max
     if memory_max is not None and (memory_max < 0 or 0 < memory_max < MIN_MEMORY_MIB):
         problems.append(f"memory_max is in MiB (0 = no limit); systemd needs at least {MIN_MEMORY_MIB}")
+    for bind in request.binds or ():
+        if not bind.startswith("/") or any(char in bind for char in ":, "):
+            problems.append(f"binds: {bind!r} must be an absolute host path without ':', ',' or spaces")
+        elif not Path(bind).exists():
+            problems.append(f"binds: {bind} does not exist on the host")
     if not request.machines_dir.is_absolute():
         problems.append("machines_dir must be an absolute path")
     if request.wait_timeout <= 0 or request.stop_timeout <= 0:
@@ -334,4 +345,6 @@ def config_to_json(config: MachineConfig) -> str:
 
 def config_from_json(text: str) -> MachineConfig:
     data = json.loads(text)
-    return MachineConfig(**{key: data.get(key) for key in MachineConfig.__dataclass_fields__})
+    fields = {key: data.get(key) for key in MachineConfig.__dataclass_fields__}
+    fields["binds"] = tuple(data.get("binds") or ())  # machines made before binds existed have none
+    return MachineConfig(**fields)

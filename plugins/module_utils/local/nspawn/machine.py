@@ -186,6 +186,8 @@ class NspawnMachine:
             for key in ("hostname", "address", "gateway", "bridge", "namespace", "authorized_key")
             if getattr(recorded, key) != getattr(config, key)
         ]
+        if recorded.binds != config.binds:
+            self.actions.append(f"bind {', '.join(config.binds) or 'nothing'} into the machine")
         wanted_limits = {"cpu_quota": config.cpu_quota, "memory_max": config.memory_max}
         limits_changed = {"cpu_quota": recorded.cpu_quota, "memory_max": recorded.memory_max} != wanted_limits
         if observed.run is not None and not limits_changed:
@@ -198,7 +200,7 @@ class NspawnMachine:
         if limits_changed:
             self.actions.append(f"set limits cpu_quota={config.cpu_quota} memory_max={config.memory_max}")
         if restart:
-            self.actions.append("restart to apply the new network/hostname")
+            self.actions.append("restart to apply the new network/hostname/binds")
         if check_mode or not (changed or limits_changed or recorded != config):
             return
         if changed:
