@@ -12,7 +12,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev git \
 	openssh-client openssh-server debootstrap systemd-container iproute2 \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
-	iptables haproxy socat rsync procps linux-image-amd64 initramfs-tools e2fsprogs
+	iptables haproxy socat rsync procps linux-image-amd64 initramfs-tools e2fsprogs chromium
 
 .PHONY: help deps apt venv collection demo provision reconcile destroy lab-shell test lint unit integration sanity molecule clean
 

@@ -59,6 +59,7 @@ def spec_path(instances: int = 4, max_unavailable: int | str = 1) -> Path:
         dc["local"] = {f"lab-{dc_name}-{index}": dict(template) for index in range(1, max(per_dc, 2) + 1)}
         for lb in dc["loadbalancers"].values():
             lb["machine"] = f"lab-{dc_name}-1"
+        dc.pop("execution_nodes", None)  # AWX's execution nodes take no part in a rollout
     raw["environment"]["services"] = {
         "catalog": {"instances": instances, "max_unavailable": max_unavailable},
         "orders": {"instances": 0},
@@ -215,7 +216,8 @@ def inotify_for(machines: int) -> Iterator[None]:
     says so, and puts the old value back afterwards (Berth itself never changes it: the lab's
     preflight refuses and names the sysctl)."""
     before = int(INOTIFY.read_text())
-    needed = machines * INOTIFY_PER_MACHINE
+    running = len(list(Path("/var/lib/berth/machines").glob("*/state.json")))  # other labs' machines too
+    needed = (machines + running) * INOTIFY_PER_MACHINE
     if needed <= before:
         yield
         return

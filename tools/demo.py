@@ -5,7 +5,8 @@
 3. provision the lab (nspawn machines in 2 DCs, one HAProxy per DC);
 4. deploy catalog and orders v1 behind the load balancers (a first deploy);
 5. start an independent load generator (short requests + 5 s requests through both LBs), roll
-   catalog v1 -> v2, stop the load and print what it saw and where the rollout's time went;
+   catalog v1 -> v2, stop the load and print what it saw and where the rollout's time went, and
+   where its rollout report is (the timeline page);
 6. lose a catalog machine (removed with its disk) and reconcile under the same load: the machine
    is recreated, gets v2 and goes back into rotation;
 7. destroy the lab, unless --keep.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +63,25 @@ def under_load(argv: list[str], report: Path, *args: str) -> tuple[float, dict[s
         load.send_signal(signal.SIGTERM)
         load.wait(timeout=60)
     return seconds, json.loads(report.read_text())
+
+
+def print_report(journal: Path, keep_as: Path) -> None:
+    """Where the rollout report of the run just done is: written next to the journal (which the
+    lab's destroy removes), kept under .lab/ too."""
+    service = journal.name.removesuffix(".json")
+    written = [journal.with_name(f"{service}.report.{kind}") for kind in ("html", "json")]
+    run = (json.loads(journal.read_text()).get("run") or {}).get("id")
+    if not all(path.exists() for path in written) or json.loads(written[1].read_text())["run"] != run:
+        print(f"no rollout report of run {run} next to {journal} (the deploy's output says why)")
+        return
+    for path in written:
+        shutil.copyfile(path, keep_as.with_name(f"{keep_as.name}.report{path.suffix}"))
+    page = keep_as.with_name(f"{keep_as.name}.report.html")
+    warnings = json.loads(written[1].read_text())["warnings"]
+    print(f"rollout report (requests/s, 5xx/s and servers UP per LB, the batches): {page}")
+    print(f"  written next to the journal as {written[0]}; open it in any browser (self-contained)")
+    for warning in warnings:
+        print(f"  warning: {warning}")
 
 
 def placement_tables() -> None:
@@ -131,6 +152,7 @@ def main() -> None:
             ],
             check=True,
         )
+        print_report(journal, workdir / "rollout-catalog-v2")
 
         lost = min(h for h, v in hostvars.items() if v.get("berth_service") == "catalog")
         node = str(hostvars[lost]["berth_node"])
@@ -146,6 +168,7 @@ def main() -> None:
         sent = sum(seen[kind]["sent"] for kind in ("short", "long"))
         print(f"{lost} recreated, on v2 and back in rotation in {seconds:.1f} s;", end=" ")
         print(f"{sent} requests meanwhile, {failed} failed")
+        print_report(journal, workdir / "rollout-catalog-reconcile")
     finally:
         if args.keep:
             step(f"left running: make lab-shell ENV={args.env}; make destroy ENV={args.env} removes it")

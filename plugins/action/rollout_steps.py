@@ -23,6 +23,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.common.failure import 
 from ansible_collections.berth.fleet.plugins.module_utils.planner import journal as rollout_journal
 from ansible_collections.berth.fleet.plugins.module_utils.planner import report
 from ansible_collections.berth.fleet.plugins.modules import instance_cycle, lb_traffic, rollout_steps
+from ansible_collections.berth.fleet.plugins.plugin_utils.rollout_sampling import Sampling
 
 display = Display()
 JOURNAL_FAULTS = (rollout_journal.JournalError, KeyError, TypeError, ValueError)
@@ -84,15 +85,21 @@ class ActionModule(ActionBase):
         try:
             # held for as long as this part runs: a rerun waits for it (journal.wait_for_earlier_parts)
             path = rollout_journal.journal_path(self._where["state_dir"], self._where["service"])
-            with rollout_journal.parts_lock(path):
+            # the first part to start also samples every LB for the rollout report (<service>.report.html)
+            sampling = Sampling(self._where, self._traffic, self._host, idle_limit=self._stall_seconds())
+            with rollout_journal.parts_lock(path), sampling:
                 return {**result, **self._roll()}
         except JOURNAL_FAULTS as exc:
             return {**result, **self._answer(failed=True, msg=f"the rollout journal cannot be used: {exc}")}
 
     # -- a real run: meet the other instances in the journal ---------------------------------------
-    def _roll(self) -> dict[str, Any]:
+    def _stall_seconds(self) -> float:
+        """How long a part waits with nothing recorded in the journal before it gives up."""
         cycle_timeout = float(self._cycle["health"]["timeout"])
-        stall = self._traffic["ready_timeout"] + self._traffic["drain_timeout"] + cycle_timeout + 60
+        return float(self._traffic["ready_timeout"] + self._traffic["drain_timeout"] + cycle_timeout + 60)
+
+    def _roll(self) -> dict[str, Any]:
+        stall = self._stall_seconds()
         waited, seen, read_at, moved_at = 0.0, None, 0.0, time.monotonic()
         journal: dict[str, Any] = {}
         parent = os.getppid()

@@ -616,3 +616,56 @@ def test_the_ci_shape_rolls_and_rolls_back_with_both_instances_on_one_node(
     lab_metrics.add(
         f"CI shape (2 instances on one node): rollout under load {rollout.seconds} s, 0 failed; rollback {back.seconds} s"
     )
+
+
+def test_the_rollout_report_of_the_last_rollout_is_next_to_its_journal_and_renders(
+    rollout_lab: RolloutLab, lab_metrics: Any
+) -> None:
+    """The report of catalog's last rollout in this module (the reconcile that repaired dc1 under
+    load): written next to the journal by the rollout itself, its reads of every LB cover the run
+    at most 0.3 s apart, its batches are the journal's, what it counted agrees with the load
+    generator, and Chromium draws its page with every series."""
+    from tests.chromium import assert_report_page_renders
+
+    lab = rollout_lab
+    rollouts = lab.workdir / "state" / lab.environment / "rollouts"
+    journal, data = lab.journal("catalog"), json.loads((rollouts / "catalog.report.json").read_text())
+    run = journal["run"]
+    assert (data["run"], data["status"], data["target"]) == (run["id"], "complete", journal["target"])
+    assert data["warnings"] == [] and data["lbs"] == lab.lbs
+    zero, last = data["started_at"], str(len(run["steps"]) - 1)
+    first_step = min(e["started"] for e in run["events"]["0"]["traffic"].values()) - zero
+    ended = max(e["started"] + e["ready_wait"] for e in run["events"][last]["traffic"].values()) - zero
+    for lb in lab.lbs:
+        seen, reads = data["coverage"][lb], data["samples"][lb]
+        assert seen["failed"] == 0 and seen["max_gap"] <= 0.3, (lb, seen)
+        assert seen["first"] <= first_step + 0.3 and seen["last"] >= ended, (lb, seen, first_step, ended)
+        gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(reads)]
+        assert max(gaps) <= 0.3, (lb, max(gaps))
+        # the repair: dc1's two instances came back, so UP went from 2 to all 4
+        assert data["totals"][lb]["fewest_up"] == 2 and len(reads[-1]["up"]) == 4, (lb, data["totals"][lb])
+        rates = sorted(r for r in data["series"][lb]["requests_per_s"] if r is not None)
+        assert 50 <= rates[len(rates) // 2] <= 150, (lb, rates[len(rates) // 2])  # half of 200 req/s each
+        assert data["totals"][lb]["errors_5xx"] == 0  # as the load generator saw: nothing failed
+    load = json.loads((lab.workdir / "load-reconcile.json").read_text())
+    assert load["short"]["non_2xx"] == 0 and all(c["hrsp_5xx"] == 0 for c in load["counters"].values())
+    # the batches are the journal's
+    assert [b["hosts"] for b in data["batches"]] == [s["cycle"] for s in run["steps"] if s["cycle"]]
+    done = [b for b in journal["batches_done"] if b["run"] == run["id"]]
+    assert len(done) == len(data["batches"]) and all(b["finished"] for b in data["batches"])
+    for batch, record in zip(data["batches"], done, strict=True):
+        assert batch["hosts"] == record["hosts"]
+        assert [batch[k] for k in ("seconds", "drain_wait", "risen_after", "ready_wait")] == [
+            record[k] for k in ("seconds", "drain_wait", "risen_after", "ready_wait")
+        ]
+        assert batch["drain_started"] <= batch["drained"] <= batch["cycle_started"] < batch["cycle_ended"]
+        assert batch["cycle_ended"] <= batch["back"] <= ended + 0.01
+    page = rollouts / "catalog.report.html"
+    written_after = page.stat().st_mtime - (zero + ended)
+    started = time.monotonic()
+    assert_report_page_renders(page, data)
+    lab_metrics.add(
+        f"rollout report of the reconcile: {len(data['samples'][lab.lbs[0]])} reads per LB over {ended:.1f} s, "
+        f"longest gap {max(data['coverage'][lb]['max_gap'] for lb in lab.lbs):.3f} s, the page written "
+        f"{written_after:.2f} s after the run ended; Chromium rendered it in {time.monotonic() - started:.1f} s"
+    )

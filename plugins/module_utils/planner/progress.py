@@ -59,17 +59,25 @@ def record_early_drain(
 
 
 def record_cycle(
-    journal: Mapping[str, Any], step: int, host: str, result: Mapping[str, Any]
+    journal: Mapping[str, Any],
+    step: int,
+    host: str,
+    result: Mapping[str, Any],
+    span: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """One instance finished its cycle in step ``step`` (``result``: instance_cycle's return)."""
+    """One instance finished its cycle in step ``step`` (``result``: instance_cycle's return;
+    ``span``: when the controller started it and heard back, for the rollout report's timeline)."""
     failed = bool(result.get("failed") or result.get("unreachable"))
-    event = {
+    event: dict[str, Any] = {
         "risen_after": round(float(result.get("risen_after") or 0.0), 3),
         "seconds": round(float(result.get("seconds") or 0.0), 3),
         "failed": failed or bool(result.get("unreachable")),
         "reverted": bool(result.get("reverted")),
         "reverted_healthy": bool(result.get("reverted_healthy")),
     }
+    if span is not None:
+        event["started"], event["ended"] = round(span[0], 3), round(span[1], 3)
+        event["gate"] = round(float(result.get("waited") or 0.0), 3)  # the health gate's own seconds
     journal = _with_event(journal, step, "cycle", host, event)
     if failed:
         journal = _halted(journal, host, result)
@@ -156,6 +164,16 @@ def next_move(journal: Mapping[str, Any], host: str) -> tuple[dict[str, Any], st
     return dict(journal), "done", last
 
 
+def claim_sampler(journal: Mapping[str, Any], host: str, now: float) -> tuple[dict[str, Any], bool]:
+    """Whether ``host``'s rollout task samples the load balancers for the rollout report of the
+    running run: the first task to ask claims it (``run["sampler"]``: who, since when) and every
+    later one is told no, so one run has one sampler. Nothing to sample unless the run is running."""
+    run = journal.get("run") or {}
+    if journal.get("status") != "running" or not run or "sampler" in run:
+        return dict(journal), False
+    return {**journal, "run": {**run, "sampler": {"host": host, "started": round(now, 3)}}}, True
+
+
 def _missing_before(run: Mapping[str, Any], step: int, kind: str) -> list[str]:
     """The LBs and instances whose report ``kind`` at ``step`` waits for and that have not given it."""
     steps, lbs, events = run.get("steps") or [], run.get("lbs") or [], run.get("events") or {}
@@ -236,7 +254,7 @@ def _batch_record(
     return {
         "hosts": hosts,
         "seconds": round(seconds, 2),
-        "drain_wait": round(max((_drain_wait(drained[lb], early.get(lb)) for lb in lbs), default=0.0), 2),
+        "drain_wait": round(max((drain_wait(drained[lb], early.get(lb)) for lb in lbs), default=0.0), 2),
         "risen_after": round(max(cycled[host]["risen_after"] for host in hosts), 2),
         "ready_wait": round(max((back[lb]["ready_wait"] for lb in lbs), default=0.0), 2),
         # drained early, while the batch before it was cycled: its drain wait overlapped
@@ -244,7 +262,7 @@ def _batch_record(
     }
 
 
-def _drain_wait(drained: Mapping[str, Any], early: Mapping[str, Any] | None) -> float:
+def drain_wait(drained: Mapping[str, Any], early: Mapping[str, Any] | None) -> float:
     """How long the batch took to drain on one LB. Drained early (since ``early``), a batch that still
     held sessions when its step began drained from the early start to the end of the step's wait;
     one that was idle by then drained at some moment in between, unknown: its wait (about 0) is

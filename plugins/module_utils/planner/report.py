@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,8 +30,9 @@ def record_step(
             return progress.record_traffic(journal, step, who, started, result)
         if kind == "early":
             return progress.record_early_drain(journal, step, who, started, result)
-        return progress.record_cycle(journal, step, who, result)
+        return progress.record_cycle(journal, step, who, result, (started, heard))
 
+    heard = time.time()
     rollout_journal.update(path, change)
 
 
@@ -71,6 +73,21 @@ def next_move(where: Mapping[str, Any], host: str) -> tuple[str, int, dict[str, 
 
     journal = rollout_journal.update(path, change)
     return str(outcome["move"]), int(outcome["step"]), journal
+
+
+def claim_sampler(where: Mapping[str, Any], host: str) -> dict[str, Any] | None:
+    """``progress.claim_sampler`` under the journal's lock: the run ``host`` is to sample (the
+    journal as written, its ``run`` holding the claim), or None when another task sampled it first
+    or no run is running."""
+    path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
+    outcome: dict[str, bool] = {}
+
+    def change(journal: dict[str, Any]) -> dict[str, Any]:
+        claimed, outcome["mine"] = progress.claim_sampler(journal, host, time.time())
+        return claimed
+
+    journal = rollout_journal.update(path, change)
+    return journal if outcome["mine"] else None
 
 
 def signature(where: Mapping[str, Any]) -> tuple[int, int, int]:
