@@ -61,7 +61,7 @@ class Node:
         args = shlex.split(str(hostvars.get("ansible_ssh_common_args", "")))
         for flag, value in itertools.pairwise(args):
             if flag == "-o" and "=" in value:
-                key, _, setting = value.partition("=")
+                key, setting = value.split("=", 1)
                 options[key.lower()] = setting
         known_hosts = options.get("userknownhostsfile")
         if not known_hosts or options.get("stricthostkeychecking", "yes") != "yes":
@@ -255,7 +255,7 @@ def run_job(
 
 def _extravars(pairs: list[str]) -> Iterator[tuple[str, Any]]:
     for pair in pairs:
-        key, _, value = pair.partition("=")
+        key, value = pair.split("=", 1) if "=" in pair else (pair, "")
         yield key, value
 
 
