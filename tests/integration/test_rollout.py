@@ -167,7 +167,7 @@ def provisioned_lab(
     shape: str, environment: str, lab_workdir: Path, lab_metrics: Any
 ) -> Iterator[RolloutLab]:
     """A lab of the shipped ``shape`` with catalog v1 deployed (a first deploy), destroyed afterwards."""
-    workdir = lab_workdir / f"rollout-{shape}"
+    workdir = lab_workdir / f"rollout-{shape}-{environment}"  # one per lab: two modules may use one shape
     workdir.mkdir()
     spec = lab_spec(workdir / f"{environment}.berth.yml", environment, workdir / "state", shape)
     lab = RolloutLab(environment, spec, workdir)
