@@ -69,6 +69,10 @@ class Load:
         self.samples: list[dict[str, Any]] = []
         self.stats_errors = 0
         self.long_threads: list[threading.Thread] = []
+        # set by the signal handler; only the main loop turns it into ``stop``: a handler that set
+        # the Event itself could land while the main thread held the Event's own (non-reentrant)
+        # lock inside Event.wait and deadlock it (the generator then never ended: seen once)
+        self.told_to_stop = False
 
     # --- traffic ---------------------------------------------------------------------------------
 
@@ -180,7 +184,9 @@ class Load:
         threads.append(threading.Thread(target=self.sampler))
         for thread in threads:
             thread.start()
-        self.stop.wait(self.args.duration)
+        ends = self.started + self.args.duration
+        while not self.told_to_stop and time.monotonic() < ends:
+            time.sleep(0.05)  # a signal interrupts the sleep; the handler takes no lock
         self.stop.set()
         active = time.monotonic() - self.started
         for thread in threads:
@@ -214,8 +220,12 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     load = Load(args)
-    signal.signal(signal.SIGTERM, lambda signum, frame: load.stop.set())
-    signal.signal(signal.SIGINT, lambda signum, frame: load.stop.set())
+
+    def told(signum: int, frame: Any) -> None:
+        load.told_to_stop = True
+
+    signal.signal(signal.SIGTERM, told)
+    signal.signal(signal.SIGINT, told)
     report = load.run()
     with open(args.out, "w") as handle:
         json.dump(report, handle)

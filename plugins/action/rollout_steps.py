@@ -71,7 +71,11 @@ class ActionModule(ActionBase):
             self._cycle = validated(instance_cycle.ARGUMENT_SPEC, params["cycle"], "cycle")
             self._steps = plan_steps(params["steps"])
             journal = params["journal"]
-            self._where = {"state_dir": str(journal["state_dir"]), "service": str(journal["service"])}
+            self._where = {
+                "state_dir": str(journal["state_dir"]),
+                "service": str(journal["service"]),
+                "scope": str(journal.get("scope") or ""),
+            }
         except (Refused, KeyError) as exc:
             return {**result, "failed": True, "msg": f"berth.fleet.rollout_steps: {exc}"}
         self._host = str(task_vars["inventory_hostname"])
@@ -84,7 +88,7 @@ class ActionModule(ActionBase):
             return {**result, **self._check()}
         try:
             # held for as long as this part runs: a rerun waits for it (journal.wait_for_earlier_parts)
-            path = rollout_journal.journal_path(self._where["state_dir"], self._where["service"])
+            path = rollout_journal.where_path(self._where)
             # the first part to start also samples every LB for the rollout report (<service>.report.html)
             sampling = Sampling(self._where, self._traffic, self._host, idle_limit=self._stall_seconds())
             with rollout_journal.parts_lock(path), sampling:

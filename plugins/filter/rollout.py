@@ -64,10 +64,11 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import
 )
 
 
-def rollout_outcome(journal, verb, service, state_dir):
-    """What a verb publishes with set_stats, from the rollout journal (``planner/journal.py``)."""
+def rollout_outcome(journal, verb, service, state_dir, scope=""):
+    """What a verb publishes with set_stats, from the rollout journal (``planner/journal.py``) of
+    the run's ``scope`` (a datacenter, or none: the whole service)."""
     try:
-        path = journal_path(str(state_dir), str(service))
+        path = journal_path(str(state_dir), str(service), str(scope or ""))
     except JournalError as exc:
         raise AnsibleFilterError(str(exc)) from None
     return outcome(dict(journal or {}), str(verb), str(service), str(path))

@@ -31,6 +31,18 @@ options:
     description: The service whose journal this is.
     type: str
     required: true
+  scope:
+    description:
+      - With C(read) and C(start), the datacenter a scoped run (a per-datacenter reconcile, one job
+        per DC's execution node) is limited to; its journal is C(<state_dir>/rollouts/<service>@<scope>.json),
+        so the jobs of two datacenters never meet in one file. C(start) waits until no part of a
+        run of the service's own journal still runs (and a run of the service's journal waits for
+        every scoped one). Empty (the default) is the whole service.
+      - C(rollback_version) and C(desired_version) always read the service's own journal (a scoped
+        run is a repair, which never changes where the service stands) and refuse a scope.
+    type: str
+    default: ""
+    version_added: 0.3.0
   action:
     description: What to do (see the description).
     type: str
@@ -150,6 +162,7 @@ def advance(params: dict[str, Any], before: dict[str, Any], path: str) -> dict[s
 ARGUMENT_SPEC: dict[str, Any] = {
     "state_dir": {"type": "path", "required": True},
     "service": {"type": "str", "required": True},
+    "scope": {"type": "str", "default": ""},
     "action": {
         "type": "str",
         "default": "read",
@@ -167,7 +180,13 @@ REQUIRED_IF = [("action", action, needed) for action, needed in REQUIRED_BY_ACTI
 
 def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     try:
-        path = rollout_journal.journal_path(params["state_dir"], params["service"])
+        scope = params.get("scope") or ""
+        if scope and params["action"] not in ("read", "start"):
+            raise rollout_journal.JournalError(
+                f"scope {scope!r}: {params['action']} reads the service's own journal (a run scoped to a "
+                "datacenter is a repair and never changes where the service stands); give no scope"
+            )
+        path = rollout_journal.journal_path(params["state_dir"], params["service"], scope)
         waited = 0.0
         if params["action"] == "start" and not check_mode:
             waited = rollout_journal.wait_for_earlier_parts(path, EARLIER_PARTS_TIMEOUT, lambda _said: None)
@@ -175,7 +194,8 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         result = advance(params, before, str(path))
         if waited:
             result["warnings"] = [
-                f"waited {waited} s for the parts of an earlier, interrupted run of this rollout to end"
+                f"waited {waited} s for the parts of an earlier run of this rollout (or of a run of "
+                "another scope of this service) to end"
             ]
     except rollout_journal.JournalError as exc:
         raise ModuleFailure(str(exc), path=params["state_dir"]) from None

@@ -35,6 +35,16 @@ options:
     type: int
     default: 0
     version_added: 0.3.0
+  datacenter:
+    description:
+      - Scopes the plan to this datacenter's instances (a per-DC reconcile, one job per DC's
+        execution node). Such a plan only repairs instances already out of rotation, in one batch;
+        one that would take a serving instance out of rotation is refused, since the service's
+        O(max_unavailable) is one budget for all its datacenters. O(members) are still all of the
+        service's instances. Empty (the default) plans for the whole service.
+    type: str
+    default: ""
+    version_added: 0.3.0
   members:
     description: Every instance of the service.
     type: list
@@ -160,6 +170,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "target": {"type": "str", "required": True},
     "max_unavailable": {"type": "int", "required": True},
     "batch_size": {"type": "int", "default": 0},
+    "datacenter": {"type": "str", "default": ""},
     "members": {
         "type": "list",
         "elements": "dict",
@@ -182,7 +193,12 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     ]
     try:
         plan = plan_rollout(
-            params["service"], members, params["target"], params["max_unavailable"], params["batch_size"]
+            params["service"],
+            members,
+            params["target"],
+            params["max_unavailable"],
+            params["batch_size"],
+            params["datacenter"] or "",
         )
     except RolloutError as exc:
         raise ModuleFailure(str(exc)) from None

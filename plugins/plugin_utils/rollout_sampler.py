@@ -51,10 +51,11 @@ WATCH_SECONDS = 0.05  # how often the journal is looked at
 HANDOVER_SECONDS = 10.0  # how long the readers may take to hand their reads over once stopped
 
 
-def report_paths(state_dir: str, service: str) -> tuple[Path, Path]:
-    """Where the report of ``service``'s last rollout is: (JSON, HTML), next to its journal."""
-    journal = rollout_journal.journal_path(state_dir, service)
-    return journal.with_name(f"{service}.report.json"), journal.with_name(f"{service}.report.html")
+def report_paths(state_dir: str, service: str, scope: str = "") -> tuple[Path, Path]:
+    """Where the report of ``service``'s last rollout (of ``scope``) is: (JSON, HTML), next to its
+    journal and named like it (``catalog.report.json``, ``catalog@dc1.report.json``)."""
+    journal = rollout_journal.journal_path(state_dir, service, scope)
+    return journal.with_name(f"{journal.stem}.report.json"), journal.with_name(f"{journal.stem}.report.html")
 
 
 class LbReader(threading.Thread):
@@ -122,7 +123,11 @@ class Writer:
     path of its forwarded socket), ``interval``, ``idle_limit``."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.where = {"state_dir": str(config["state_dir"]), "service": str(config["service"])}
+        self.where = {
+            "state_dir": str(config["state_dir"]),
+            "service": str(config["service"]),
+            "scope": str(config.get("scope") or ""),
+        }
         self.run_id = config["run"]
         self.interval = float(config.get("interval", INTERVAL))
         self.idle_limit = float(config["idle_limit"])
@@ -131,7 +136,7 @@ class Writer:
         self.told = threading.Event()  # the task said stop (it closed its end of the pipe)
 
     def wait_for_the_end(self) -> None:
-        path = rollout_journal.journal_path(self.where["state_dir"], self.where["service"])
+        path = rollout_journal.where_path(self.where)
         seen: tuple[int, int, int] | None = None
         moved_at = time.monotonic()
         while not self.told.is_set():
@@ -152,7 +157,7 @@ class Writer:
 
     def write(self, samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         """The report of the run, from the journal as the run left it and the samples."""
-        path = rollout_journal.journal_path(self.where["state_dir"], self.where["service"])
+        path = rollout_journal.where_path(self.where)
         try:
             journal = rollout_journal.load(path)
         except rollout_journal.JournalError as exc:
@@ -162,7 +167,7 @@ class Writer:
             journal = {**journal, "run": {"id": self.run_id}}  # superseded: only the samples are this run's
         samples = {lb: samples.get(lb, []) for lb in self.lbs}
         report = build_report(journal, samples, self.interval, self.warnings)
-        data, page = report_paths(self.where["state_dir"], self.where["service"])
+        data, page = report_paths(self.where["state_dir"], self.where["service"], self.where["scope"])
         try:
             text: str | None = rollout_page.render(report)
         except Exception as exc:  # plotly missing or broken: the data still lands

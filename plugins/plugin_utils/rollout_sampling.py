@@ -57,6 +57,7 @@ class Sampling:
         config = {
             "state_dir": self.where["state_dir"],
             "service": self.where["service"],
+            "scope": self.where.get("scope", ""),
             "run": journal["run"]["id"],
             "backend": self.traffic["backend"],
             "lbs": {

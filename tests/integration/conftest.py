@@ -6,6 +6,7 @@ collides with the next one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import signal
@@ -19,6 +20,11 @@ import pytest
 import yaml
 
 from tests.integration.lab import PlaybookRun, local_play, run_playbook
+
+# the lab of the shipped shape that test_rollout and test_rollout_jobs share (one provision and
+# first deploy, ~2.5 min, instead of two): torn down right after the last test that uses it
+SHARED_LAB = "shared_lab"
+SHARED_LAB_STACK = pytest.StashKey[contextlib.ExitStack]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -125,3 +131,36 @@ def lab_image(
     how = f"built in {image['build_seconds']} s (cold)" if image["built"] else "cached"
     lab_metrics.add(f"base image {image['image_id']}: {how}; playbook wall time {run.seconds} s")
     return image
+
+
+@pytest.fixture(scope="session")
+def shared_lab(
+    request: pytest.FixtureRequest,
+    lab_run_id: str,
+    lab_image: dict[str, Any],
+    lab_workdir: Path,
+    lab_metrics: LabMetrics,
+) -> Any:
+    """The lab shape (``inventories/lab``: 2 DCs, their LBs and execution nodes) with catalog v1
+    deployed, shared by the modules that roll catalog on it; they leave it with every catalog
+    instance on one version and UP, and each test says what it expects to find."""
+    from tests.integration.test_rollout import provisioned_lab
+
+    stack = contextlib.ExitStack()
+    request.config.stash[SHARED_LAB_STACK] = stack
+    request.addfinalizer(stack.close)  # at the latest at the end of the session, even on failure
+    return stack.enter_context(provisioned_lab("lab", f"r{lab_run_id}", lab_workdir, lab_metrics))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """After the last test that uses the shared lab: destroy it now (its 12 machines would hold the
+    host's inotify instances while the next modules boot labs of their own)."""
+    yield
+    stack = item.config.stash.get(SHARED_LAB_STACK, None)
+    if stack is None or SHARED_LAB not in getattr(item, "fixturenames", ()):
+        return
+    items = item.session.items
+    later = items[items.index(item) + 1 :]
+    if not any(SHARED_LAB in getattr(other, "fixturenames", ()) for other in later):
+        stack.close()

@@ -187,12 +187,10 @@ def provisioned_lab(
         yield lab
 
 
-@pytest.fixture(scope="module")
-def rollout_lab(
-    lab_run_id: str, lab_image: dict[str, Any], lab_workdir: Path, lab_metrics: Any
-) -> Iterator[RolloutLab]:
-    with provisioned_lab("lab", f"r{lab_run_id}", lab_workdir, lab_metrics) as lab:
-        yield lab
+@pytest.fixture
+def rollout_lab(shared_lab: RolloutLab) -> RolloutLab:
+    """The lab shape, shared with test_rollout_jobs.py (conftest.py ``shared_lab``)."""
+    return shared_lab
 
 
 def assert_capacity_held(lab: RolloutLab, report: dict[str, Any], max_unavailable: int) -> int:

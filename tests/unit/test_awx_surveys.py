@@ -379,6 +379,8 @@ def test_every_environment_has_its_inventory_instance_groups_and_templates(
             "deploy"
         )  # made before the node leading to it
         assert "Berth job environment" in entry["credentials"]
+        # reconcile per DC (apply.yml: one job template each, on the instance group <env>-<dc>)
+        assert entry["datacenters"] == datacenters
 
 
 def test_every_survey_question_is_read_typed_and_offered_as_its_playbook_accepts(

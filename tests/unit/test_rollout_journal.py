@@ -18,8 +18,11 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import
     journal_path,
     journal_started,
     load,
+    parts_lock,
+    rivals,
     rollback_version,
     save,
+    wait_for_earlier_parts,
 )
 from tests.modules import run_module
 
@@ -181,3 +184,53 @@ def test_the_module_refuses_bad_input_and_changes_nothing(tmp_path: Path) -> Non
     nothing = journal_module(tmp_path, "service=catalog", "action=rollback_version")
     assert nothing.get("failed") and "no rollout of 'catalog' is recorded" in nothing["msg"]
     assert not (tmp_path / "rollouts").exists()
+
+
+# --- a run scoped to a datacenter (a per-DC reconcile job) --------------------------------------
+
+
+def test_a_scoped_run_has_a_journal_of_its_own_and_rivals_the_services(tmp_path: Path) -> None:
+    whole, dc1 = journal_path(tmp_path, "catalog"), journal_path(tmp_path, "catalog", "dc1")
+    assert (whole.name, dc1.name) == ("catalog.json", "catalog@dc1.json")
+    with pytest.raises(JournalError, match=r"scope .a datacenter.: expected a name"):
+        journal_path(tmp_path, "catalog", "dc1/../x")
+    dc2 = journal_path(tmp_path, "catalog", "dc2")
+    for path in (dc1, dc2, journal_path(tmp_path, "orders", "dc1")):
+        save(path, {"service": path.stem, "status": "complete"})
+    assert rivals(whole) == [dc1, dc2]  # a run of the whole service waits for every DC's
+    assert rivals(dc1) == [whole]  # a DC's waits for the whole service's, never for another DC's
+
+
+def test_a_new_run_waits_for_the_parts_of_a_rival_run_and_says_so(tmp_path: Path) -> None:
+    whole, dc1 = journal_path(tmp_path, "catalog"), journal_path(tmp_path, "catalog", "dc1")
+    save(dc1, {"status": "running"})
+    said: list[str] = []
+    with parts_lock(dc1):  # a part of the dc1 job still runs
+        with pytest.raises(JournalError, match=r"catalog@dc1.json still run after 0 s"):
+            wait_for_earlier_parts(whole, 0.3, said.append)
+        assert wait_for_earlier_parts(journal_path(tmp_path, "catalog", "dc2"), 0.3, said.append) == 0.0
+    assert said == ["waiting for the parts of a run of catalog@dc1.json to end"]
+    assert wait_for_earlier_parts(whole, 0.3, said.append) < 0.3  # it ended: no wait
+
+
+def test_the_module_records_a_scoped_run_apart_and_refuses_a_scope_where_none_applies(
+    tmp_path: Path,
+) -> None:
+    started = journal_module(
+        tmp_path,
+        "service=catalog",
+        "scope=dc1",
+        "action=start",
+        "target=v1",
+        'versions={"catalog-1": ""}',
+        'batches=[["catalog-1"]]',
+    )
+    assert started["changed"] and started["path"].endswith("rollouts/catalog@dc1.json"), started
+    assert not (tmp_path / "rollouts" / "catalog.json").exists()
+    read = journal_module(tmp_path, "service=catalog", "scope=dc1")
+    assert read["journal"]["target"] == "v1" and read["changed"] is False
+    for action in ("rollback_version", "desired_version"):
+        refused = journal_module(
+            tmp_path, "service=catalog", "scope=dc1", f"action={action}", "inventory_version=v1"
+        )
+        assert refused.get("failed") and "reads the service's own journal" in refused["msg"], refused

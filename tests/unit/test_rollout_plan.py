@@ -183,3 +183,63 @@ def test_every_moment_of_the_steps_keeps_the_capacity_invariant(
         assert set(step.wait_drained) == set(step.cycle) <= out
         cycled += step.cycle
     assert not out and sorted(cycled) == sorted(m.name for m in members)
+
+
+# --- a run scoped to one datacenter (a per-DC reconcile) ----------------------------------------
+
+
+def test_a_scoped_run_repairs_its_datacenters_instances_that_are_out_of_rotation() -> None:
+    members = prod("v2", down=("catalog-1", "catalog-2", "catalog-3"))  # catalog-1, -3 in dc1
+    plan = plan_rollout("catalog", members, "v2", 1, datacenter="dc1")
+    assert plan.batches == [["catalog-1", "catalog-3"]] and plan.repair and not plan.first_deploy
+    assert plan.hosts == ["catalog-1", "catalog-3"]  # dc2's catalog-2 is its own job's
+    # (a run of the whole service would refuse: 3 down with max_unavailable 1)
+    with pytest.raises(RolloutError, match="already DOWN"):
+        plan_rollout("catalog", members, "v1", 1)
+
+
+def test_a_scoped_run_with_nothing_to_repair_does_nothing() -> None:
+    plan = plan_rollout("catalog", prod("v2", down=("catalog-2",)), "v2", 1, datacenter="dc1")
+    assert plan.batches == [] and plan.up_to_date == ["catalog-1", "catalog-3"]
+
+
+def test_a_scoped_run_never_takes_a_serving_instance_out_of_rotation() -> None:
+    members = prod("v1", down=("catalog-1",))
+    with pytest.raises(RolloutError, match=r"in dc1: catalog-3 is in rotation .* but not on v2.*one budget"):
+        plan_rollout("catalog", members, "v2", 2, datacenter="dc1")
+
+
+def test_a_scoped_run_in_a_datacenter_without_the_service_is_refused() -> None:
+    with pytest.raises(
+        RolloutError, match=r"datacenter 'dc3': catalog has no instances there .it runs in dc1, dc2"
+    ):
+        plan_rollout("catalog", prod(), "v2", 1, datacenter="dc3")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.booleans()), min_size=4, max_size=12),
+    st.integers(min_value=1, max_value=3),
+)
+def test_two_scoped_runs_together_touch_only_what_is_out_of_rotation_and_each_its_own(
+    states: list[tuple[bool, bool]], max_unavailable: int
+) -> None:
+    """Property: whatever the estate, the two DCs' scoped plans (run at the same moment) touch
+    disjoint instances of their own DC, none of them in rotation, so together they take no capacity."""
+    members = [
+        Member(f"catalog-{n}", "dc1" if n % 2 else "dc2", n, "v2" if current else "v1", up)
+        for n, (current, up) in enumerate(states, start=1)
+    ]
+    touched: dict[str, set[str]] = {}
+    for dc in ("dc1", "dc2"):
+        try:
+            plan = plan_rollout("catalog", members, "v2", min(max_unavailable, len(members)), datacenter=dc)
+        except RolloutError as exc:
+            assert "is in rotation" in str(exc) or "are in rotation" in str(exc)
+            assert any(m.up and m.version != "v2" and m.dc == dc for m in members)
+            continue
+        touched[dc] = set(plan.hosts)
+        assert all(m.dc == dc for m in members if m.name in plan.hosts)
+        assert not any(m.up for m in members if m.name in plan.hosts)
+        assert len(plan.batches) <= 1
+    assert not (touched.get("dc1", set()) & touched.get("dc2", set()))

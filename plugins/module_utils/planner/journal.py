@@ -1,7 +1,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The rollout journal: one JSON file per service that says where its last rollout stands.
 
-``<state_dir>/rollouts/<service>.json`` (``state_dir`` is the environment's ``berth_state_dir``)::
+``<state_dir>/rollouts/<service>.json`` (``state_dir`` is the environment's ``berth_state_dir``),
+and for a run scoped to one datacenter (a per-DC reconcile: ``scope`` is the DC)
+``<service>@<scope>.json``, so that the jobs of two datacenters never meet in one file::
 
     {"service", "target", "status": running | halted | complete,
      "from": {instance: version it ran before}, "plan": [[batch hosts], ...],
@@ -38,10 +40,27 @@ class JournalError(ValueError):
     """A journal that cannot be read or used; the message says which file and why."""
 
 
-def journal_path(state_dir: str | Path, service: str) -> Path:
+def journal_path(state_dir: str | Path, service: str, scope: str = "") -> Path:
     if (problem := name_problem(service)) is not None:
         raise JournalError(f"service: {problem}")
-    return Path(state_dir) / JOURNAL_DIR / f"{service}.json"
+    if scope and (problem := name_problem(scope)) is not None:
+        raise JournalError(f"scope (a datacenter): {problem}")
+    return Path(state_dir) / JOURNAL_DIR / (f"{service}@{scope}.json" if scope else f"{service}.json")
+
+
+def where_path(where: Mapping[str, Any]) -> Path:
+    """The journal a task's ``journal`` option names: ``state_dir``, ``service`` and ``scope``."""
+    return journal_path(str(where["state_dir"]), str(where["service"]), str(where.get("scope") or ""))
+
+
+def rivals(path: Path) -> list[Path]:
+    """The journals whose runs must not overlap a run of ``path``: for the service's journal, every
+    scoped one (a per-DC run); for a scoped one, the service's (two DCs' scoped runs may overlap:
+    they only touch instances already out of rotation, ``planner.rollout``)."""
+    service, _at, scope = path.stem.partition("@")
+    if scope:
+        return [path.with_name(f"{service}.json")]
+    return sorted(path.parent.glob(f"{service}@*.json"))
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -79,28 +98,37 @@ def parts_lock(path: Path) -> FileLock:
 
 
 def wait_for_earlier_parts(path: Path, timeout: float, said: Callable[[str], None]) -> float:
-    """Before a new run starts: wait until no part of an earlier run of this journal still runs (a
-    killed deploy leaves its parts running - Ansible's workers are sessions of their own - and each
-    ends after the part it is in, up to that part's timeout). Returns the seconds waited."""
+    """Before a new run starts: wait until no part of an earlier run of this journal, or of a rival
+    one (``rivals``), still runs (a killed deploy leaves its parts running - Ansible's workers are
+    sessions of their own - and each ends after the part it is in, up to that part's timeout; a
+    per-DC reconcile of the service may be running). Returns the seconds waited."""
     started = time.monotonic()
-    lock = path.with_name(f".{path.name}.parts")
-    if not lock.exists():
-        return 0.0
+    for journal in [path, *rivals(path)]:
+        lock = journal.with_name(f".{journal.name}.parts")
+        if lock.exists():
+            _wait_unlocked(lock, journal == path, started, timeout, said)
+    return round(time.monotonic() - started, 2)
+
+
+def _wait_unlocked(
+    lock: Path, own: bool, started: float, timeout: float, said: Callable[[str], None]
+) -> None:
+    what = "an earlier (interrupted) run of this rollout" if own else f"a run of {lock.name[1:-6]}"
     told = False
     while True:
         try:
             with FileLock(lock, wait=False):
-                return round(time.monotonic() - started, 2)
+                return
         except BlockingIOError:
             pass
         waited = time.monotonic() - started
         if waited > timeout:
             raise JournalError(
-                f"parts of an earlier run of this rollout still run after {waited:.0f} s ({lock} is "
-                "locked): is another deploy of this service running?"
+                f"the parts of {what} still run after {waited:.0f} s ({lock} is locked): is another "
+                "deploy or reconcile of this service running?"
             )
         if not told:
-            said("waiting for the parts of an earlier (interrupted) run of this rollout to end")
+            said(f"waiting for the parts of {what} to end")
             told = True
         time.sleep(0.1)
 

@@ -17,10 +17,11 @@ KINDS = ("traffic", "cycle", "early")
 def record_step(
     where: Mapping[str, Any], kind: str, who: str, started: float, result: Mapping[str, Any]
 ) -> None:
-    """``where`` is the task's ``journal`` option: ``state_dir``, ``service`` and the ``step`` index."""
+    """``where`` is the task's ``journal`` option: ``state_dir``, ``service``, the ``step`` index and
+    the run's ``scope`` (a datacenter, or none)."""
     if kind not in KINDS:
         raise rollout_journal.JournalError(f"unknown step kind {kind!r}")
-    path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
+    path = rollout_journal.where_path(where)
     step = int(where["step"])
 
     def change(journal: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def gate_step(where: Mapping[str, Any], kind: str) -> tuple[str, list[str]]:
     ``recover: true`` - the part that runs only after a halt."""
     if kind not in ("traffic", "cycle"):
         raise rollout_journal.JournalError(f"unknown step kind {kind!r}")
-    path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
+    path = rollout_journal.where_path(where)
     outcome: dict[str, Any] = {}
 
     def change(journal: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def next_move(where: Mapping[str, Any], host: str) -> tuple[str, int, dict[str, 
     """``progress.next_move`` for instance ``host``, under the journal's lock (a claim is written
     before the lock is let go, so two instances never run the same LB step): ``(move, step, journal)``;
     ``superseded`` when ``where`` names a run that is no longer the journal's."""
-    path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
+    path = rollout_journal.where_path(where)
     outcome: dict[str, Any] = {}
 
     def change(journal: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def claim_sampler(where: Mapping[str, Any], host: str) -> dict[str, Any] | None:
     """``progress.claim_sampler`` under the journal's lock: the run ``host`` is to sample (the
     journal as written, its ``run`` holding the claim), or None when another task sampled it first
     or no run is running."""
-    path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
+    path = rollout_journal.where_path(where)
     outcome: dict[str, bool] = {}
 
     def change(journal: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def claim_sampler(where: Mapping[str, Any], host: str) -> dict[str, Any] | None:
 def signature(where: Mapping[str, Any]) -> tuple[int, int, int]:
     """What changes whenever the journal is written (it is replaced by a rename): a waiting
     instance reads the journal again only then."""
-    path = rollout_journal.journal_path(str(where["state_dir"]), str(where["service"]))
+    path = rollout_journal.where_path(where)
     try:
         stat = path.stat()
     except OSError:

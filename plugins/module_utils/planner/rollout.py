@@ -13,7 +13,12 @@ Pure and deterministic (see docs/rollouts.md):
   which alternates datacenters;
 * the preflight refuses a plan whose first batch would exceed a budget given the current state,
   naming the instances that are already down; an estate where nothing is UP (a first deploy) has
-  nothing to protect and is deployed in one batch.
+  nothing to protect and is deployed in one batch;
+* a run scoped to one datacenter (a per-DC reconcile: one job per DC's execution node, two at
+  once) touches only that DC's instances, and only ones already out of rotation: those cost no
+  capacity, so two DCs' scoped runs can overlap without sharing a budget. A scoped run that would
+  take a serving instance out of rotation is refused (the service's budget is one for all DCs: that
+  is a run for the whole service).
 """
 
 from __future__ import annotations
@@ -147,10 +152,17 @@ def _next_batch(remaining: list[Member], max_unavailable: int, budgets: Mapping[
 
 
 def plan_rollout(
-    service: str, members: list[Member], target: str, max_unavailable: int, batch_size: int = 0
+    service: str,
+    members: list[Member],
+    target: str,
+    max_unavailable: int,
+    batch_size: int = 0,
+    datacenter: str = "",
 ) -> Plan:
     """The batches and traffic steps of a rollout; ``batch_size`` (default ``max_unavailable``)
-    caps a batch below ``max_unavailable``, which leaves room to drain the next batch early."""
+    caps a batch below ``max_unavailable``, which leaves room to drain the next batch early.
+    ``datacenter`` scopes it to that DC's instances (``members`` are still all of the service's:
+    whether anything serves is the service's question)."""
     if not members:
         raise RolloutError(f"service {service} has no instances in this environment: nothing to deploy")
     if not 1 <= max_unavailable <= len(members):
@@ -163,8 +175,11 @@ def plan_rollout(
             f"batch_size for {service} must be between 1 and max_unavailable {max_unavailable} "
             f"(or 0 for max_unavailable), got {batch_size}"
         )
+    if datacenter and all(m.dc != datacenter for m in members):
+        dcs = ", ".join(sorted({m.dc for m in members}))
+        raise RolloutError(f"datacenter {datacenter!r}: {service} has no instances there (it runs in {dcs})")
     plan = Plan(service, target, max_unavailable, dc_budgets(members, max_unavailable), batch_size)
-    plan.batches = _batches(plan, members)
+    plan.batches = _scoped_batches(plan, members, datacenter) if datacenter else _batches(plan, members)
     plan.steps = traffic_steps(plan, {m.name: m.dc for m in members})
     return plan
 
@@ -191,6 +206,29 @@ def _batches(plan: Plan, members: list[Member]) -> list[list[str]]:
         batches.append([m.name for m in batch])
         remaining = [m for m in remaining if m not in batch]
     return batches
+
+
+def _scoped_batches(plan: Plan, members: list[Member], datacenter: str) -> list[list[str]]:
+    """A run limited to ``datacenter``: its instances that need the target, all already out of
+    rotation, in one batch (a repair); anything else is for a run of the whole service."""
+    mine = [m for m in members if m.dc == datacenter]
+    todo = sorted((m for m in mine if m.needs(plan.target)), key=_order)
+    plan.up_to_date = sorted(m.name for m in mine if not m.needs(plan.target))
+    serving = [m.name for m in todo if m.up]
+    if serving:
+        verb, them = ("is", "it") if len(serving) == 1 else ("are", "them")
+        raise RolloutError(
+            f"{plan.service} in {datacenter}: {', '.join(serving)} {verb} in rotation on every load balancer "
+            f"but not on {plan.target}: rolling {them} takes capacity out of "
+            f"rotation, and the service's max_unavailable ({plan.max_unavailable}) is one budget for all "
+            "its datacenters. A run scoped to a datacenter only repairs instances already out of "
+            "rotation: run it without datacenter= (one job for the whole service); nothing was changed"
+        )
+    if not todo:
+        return []
+    plan.first_deploy = not any(m.up for m in members)
+    plan.repair = not plan.first_deploy
+    return [[m.name for m in todo]]
 
 
 def traffic_steps(plan: Plan, dc_of: Mapping[str, str]) -> list[Step]:
