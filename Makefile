@@ -113,7 +113,7 @@ molecule: deps
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass
 test: deps lint sanity
-	pytest tests
+	pytest --durations=15 tests  # the 15 slowest, to keep make test well under 30 min
 	$(MAKE) molecule
 
 clean:
