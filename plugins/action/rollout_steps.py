@@ -210,6 +210,14 @@ class ActionModule(ActionBase):
                 self._parts.append({"step": index, "part": "cycle", "skipped": True, "msg": why})
                 return True
         started, wall = time.time(), time.monotonic()
+        if not check:  # what the cycle is about to wait for (the module says nothing until it ends)
+            health = self._cycle["health"]
+            held = f", then {health['min_healthy_time']:g} s healthy" if health["min_healthy_time"] else ""
+            display.display(
+                f"{self._where['service']} step {index + 1}/{len(self._steps)}: {self._host} to "
+                f"{self._cycle['version']}: stop, switch, start, then its health gate ({health['rise']} "
+                f"passing checks {health['interval']:g} s apart{held}; up to {health['timeout']:g} s)"
+            )
         try:
             result = self._execute_module(
                 "berth.fleet.instance_cycle", module_args=dict(self._cycle), task_vars=self._task_vars

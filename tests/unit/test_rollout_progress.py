@@ -321,7 +321,9 @@ def test_a_new_run_waits_until_no_part_of_an_earlier_run_runs(tmp_path: Path) ->
     said: list[str] = []
     assert wait_for_earlier_parts(path, 0.3, said.append) == 0.0  # no part ever ran
     with parts_lock(path):  # a part of the earlier run still runs (a separate open file: flock conflicts)
-        with pytest.raises(JournalError, match=r"still run after 0 s .* another deploy or reconcile of this service"):
+        with pytest.raises(
+            JournalError, match=r"still run after 0 s .* another deploy or reconcile of this service"
+        ):
             wait_for_earlier_parts(path, 0.3, said.append)
         with parts_lock(path):  # parts of one run share it
             pass

@@ -48,3 +48,39 @@ def test_the_timeline_lists_plays_and_slow_tasks(tmp_path: Path) -> None:
     assert slow and float(slow.group(1)) >= 0.7
     assert looped and float(looped.group(1)) >= 1.2  # the task's wall time covers its loop
     assert "Timeline | quick" not in timeline  # under the threshold: counted, not listed
+
+
+def test_a_long_task_says_whom_it_still_waits_for_and_how_long_it_took(tmp_path: Path) -> None:
+    play = [
+        {
+            "name": "Timeline | waits",
+            "hosts": "all",
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "name": "Timeline | Wait for the slow one",
+                    "ansible.builtin.command": "sleep {{ 2.6 if inventory_hostname == 'slow' else 0.1 }}",
+                    "changed_when": False,
+                },
+                {"name": "Timeline | quick", "ansible.builtin.debug": {"msg": "hi"}},
+            ],
+        }
+    ]
+    (tmp_path / "play.yml").write_text(json.dumps(play))
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", "slow,quick,", "-c", "local", str(tmp_path / "play.yml")],
+        cwd=ROOT,
+        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), BERTH_TIMELINE_WAITING_EVERY="1"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    waits = re.findall(r"^\.\.\. waiting (\d+) s: Timeline \| Wait for the slow one(.*)$", out, re.M)
+    assert [int(wait[0]) for wait in waits][:2] == [1, 2], out  # one line a second while it runs
+    assert waits[-1][1] == " - 1 of 2 hosts answered, still slow", out
+    took = re.search(r"^\.\.\. took (\d+\.\d) s: Timeline \| Wait for the slow one, 2 hosts$", out, re.M)
+    assert took and float(took.group(1)) >= 2.6, out
+    assert out.index("... took") < out.index("TASK [Timeline | quick]")  # said as it ended
+    assert "waiting" not in out[out.index("TASK [Timeline | quick]") :]  # a quick task says nothing
