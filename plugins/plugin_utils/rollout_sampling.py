@@ -36,6 +36,7 @@ class Sampling:
     def __init__(self, where: dict[str, Any], traffic: dict[str, Any], host: str, idle_limit: float) -> None:
         self.where, self.traffic, self.host, self.idle_limit = where, traffic, host, idle_limit
         self.pid: int | None = None  # the sampler's process, when this task started it
+        self._parent = 0  # ansible-playbook's PID, once the sampler runs
         self._told: int | None = None  # our end of the pipe that tells it to stop
         self._answer: int | None = None  # our end of the pipe it answers on
 
@@ -73,6 +74,7 @@ class Sampling:
             os.close(self._answer)
             rollout_sampler.run_forked(config, told_read, answer_write)
         self.pid = pid
+        self._parent = os.getppid()  # ansible-playbook: when it is gone, nobody finishes the run
         os.close(told_read)
         os.close(answer_write)
 
@@ -96,6 +98,10 @@ class Sampling:
         """Whether the sampler ended within ``seconds`` (reaped)."""
         deadline = time.monotonic() + seconds
         while self.pid is not None:
+            if self._told is not None and os.getppid() != self._parent:
+                # killed ansible-playbook (a worker outlives it): the run will not end, so the
+                # sampler must not wait out its idle limit holding the run's parts lock
+                self._tell_stop()
             pid, _status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 self.pid = None

@@ -43,11 +43,13 @@ def test_the_execution_nodes_run_the_controllers_ansible(exec_lab: RolloutLab) -
         address = exec_lab.hostvars[node]["ansible_host"]
         seen = exec_lab.ssh.run(
             address,
-            "/opt/berth-runner/bin/ansible-runner --version && /opt/berth-runner/bin/ansible --version",
+            "/opt/berth-runner/bin/ansible-runner --version && /opt/berth-runner/bin/ansible --version"
+            " && /opt/berth-runner/bin/python -c 'import plotly; print(\"plotly\", plotly.__version__)'",
         )
         assert seen.returncode == 0, seen.stderr
         assert f"[core {ansible_release.__version__}]" in seen.stdout, seen.stdout
         assert version("ansible-runner") in seen.stdout.splitlines()[0], seen.stdout
+        assert f"plotly {version('plotly')}" in seen.stdout, seen.stdout
 
 
 def test_the_ssh_hop_refuses_a_node_whose_host_key_is_not_berths(
@@ -161,7 +163,10 @@ def test_each_datacenter_reconciles_as_a_job_on_its_own_execution_node_at_the_sa
             for kind in step.values()
             for event in kind.values()
         )
-        assert (rollouts / f"catalog@{dc}.report.json").exists()
+        # its report beside it, the page drawn on the node (plotly is in the node's environment)
+        report_data = json.loads((rollouts / f"catalog@{dc}.report.json").read_text())
+        assert report_data["warnings"] == [], report_data["warnings"]
+        assert (rollouts / f"catalog@{dc}.report.html").stat().st_size > 1_000_000
     # the two jobs ran at the same time, each on its own node
     assert spans["dc1"][0] < spans["dc2"][1] and spans["dc2"][0] < spans["dc1"][1], spans
     assert_no_request_lost(report)
