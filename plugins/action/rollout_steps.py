@@ -70,12 +70,7 @@ class ActionModule(ActionBase):
             )
             self._cycle = validated(instance_cycle.ARGUMENT_SPEC, params["cycle"], "cycle")
             self._steps = plan_steps(params["steps"])
-            journal = params["journal"]
-            self._where = {
-                "state_dir": str(journal["state_dir"]),
-                "service": str(journal["service"]),
-                "scope": str(journal.get("scope") or ""),
-            }
+            self._where: dict[str, Any] = rollout_journal.where_of(params["journal"])
         except (Refused, KeyError) as exc:
             return {**result, "failed": True, "msg": f"berth.fleet.rollout_steps: {exc}"}
         self._host = str(task_vars["inventory_hostname"])

@@ -62,6 +62,11 @@ class Span:
     started_on: set[str] = field(default_factory=set)
     told: int = 0  # waiting lines printed so far
 
+    @property
+    def answered(self) -> bool:
+        """Every host that started it has answered."""
+        return bool(self.ended) and not (self.started_on - self.hosts)
+
     def close(self, now: float, host: str | None = None) -> None:
         self.ended = max(self.ended, now)
         if host:
@@ -107,8 +112,8 @@ class CallbackModule(CallbackBase):
             lines = []
             with self._lock:
                 for span in list(self._running.values()):
-                    if span.told < 0 or (span.ended and not (span.started_on - span.hosts)):
-                        continue  # reported done, or every host that started it has answered
+                    if span.told < 0 or span.answered:
+                        continue  # reported done, or nothing left to wait for
                     due = int((now - span.started) // every)
                     if due > span.told:
                         span.told = due
@@ -136,7 +141,6 @@ class CallbackModule(CallbackBase):
             self._watcher.start()
 
     def v2_playbook_on_play_start(self, play: Any) -> None:
-        self._report_long_tasks()
         now = self._now()
         if self._plays:
             self._plays[-1].close(now)
@@ -149,7 +153,6 @@ class CallbackModule(CallbackBase):
             return
         if task._uuid in self._running:
             return  # the free strategy announces a task again for each host that reaches it
-        self._report_long_tasks()
         span = Span(task.get_name().strip(), self._now())
         self._plays[-1].tasks.append(span)
         with self._lock:
@@ -163,19 +166,6 @@ class CallbackModule(CallbackBase):
             if span is not None:
                 span.started_on.add(host.get_name())
 
-    def _report_long_tasks(self) -> None:
-        """How long each task that was reported waiting took, once the next task (or play) starts."""
-        with self._lock:
-            done = [
-                span
-                for span in self._running.values()
-                if span.told > 0 and span.ended and not (span.started_on - span.hosts)
-            ]
-            for span in done:
-                span.told = -1
-        for span in done:
-            self._display.display(self._took_line(span))
-
     @staticmethod
     def _took_line(span: Span) -> str:
         count = len(span.hosts)
@@ -188,7 +178,7 @@ class CallbackModule(CallbackBase):
             span = self._running.get(result._task._uuid)
             if span is not None:
                 span.close(now, result._host.get_name())
-                if span.told > 0 and not (span.started_on - span.hosts):  # the last one it waited for
+                if span.told > 0 and span.answered:  # the last host it was said to wait for
                     span.told = -1
                     took = self._took_line(span)
         if took:
@@ -210,7 +200,6 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_stats(self, stats: Any) -> None:
         self._stop.set()
-        self._report_long_tasks()
         now = self._now()
         if self._plays:
             self._plays[-1].close(now)

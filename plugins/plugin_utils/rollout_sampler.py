@@ -123,11 +123,7 @@ class Writer:
     path of its forwarded socket), ``interval``, ``idle_limit``."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.where = {
-            "state_dir": str(config["state_dir"]),
-            "service": str(config["service"]),
-            "scope": str(config.get("scope") or ""),
-        }
+        self.where = rollout_journal.where_of(config)
         self.run_id = config["run"]
         self.interval = float(config.get("interval", INTERVAL))
         self.idle_limit = float(config["idle_limit"])

@@ -48,6 +48,15 @@ def journal_path(state_dir: str | Path, service: str, scope: str = "") -> Path:
     return Path(state_dir) / JOURNAL_DIR / (f"{service}@{scope}.json" if scope else f"{service}.json")
 
 
+def where_of(options: Mapping[str, Any]) -> dict[str, str]:
+    """Which journal a task's ``journal`` option (or a sampler's config) names, as plain strings."""
+    return {
+        "state_dir": str(options["state_dir"]),
+        "service": str(options["service"]),
+        "scope": str(options.get("scope") or ""),
+    }
+
+
 def where_path(where: Mapping[str, Any]) -> Path:
     """The journal a task's ``journal`` option names: ``state_dir``, ``service`` and ``scope``."""
     return journal_path(str(where["state_dir"]), str(where["service"]), str(where.get("scope") or ""))
