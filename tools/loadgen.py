@@ -9,6 +9,9 @@ requests in flight finish, reads HAProxy's error counters and writes a JSON repo
     python3 loadgen.py --target http://10.70.1.2:8080 --target http://10.70.2.2:8080 \
         --stats http://10.70.1.2:8404/stats --stats http://10.70.2.2:8404/stats \
         --backend be_catalog --rate 200 --slow-rate 4 --slow-seconds 5 --out report.json
+
+A blue-green service has a backend per colour: give --backend once for each. The report's
+``versions`` says, per load balancer, when the version that answered changed (from the answers).
 """
 
 from __future__ import annotations
@@ -73,6 +76,22 @@ class Load:
         # the Event itself could land while the main thread held the Event's own (non-reentrant)
         # lock inside Event.wait and deadlock it (the generator then never ended: seen once)
         self.told_to_stop = False
+        # per target (load balancer): when the version that answered changed, [[t, version], ...]
+        # (which colour or release each LB served, from the answers themselves)
+        self.versions: dict[str, list[list[Any]]] = {}
+        self.versions_lock = threading.Lock()
+
+    def saw_version(self, target: str, status: int, body: bytes) -> None:
+        if status != 200:
+            return
+        try:
+            version = str(json.loads(body).get("version", ""))
+        except (ValueError, AttributeError):
+            return
+        with self.versions_lock:
+            changes = self.versions.setdefault(target, [])
+            if not changes or changes[-1][1] != version:
+                changes.append([round(time.monotonic() - self.started, 3), version])
 
     # --- traffic ---------------------------------------------------------------------------------
 
@@ -92,8 +111,9 @@ class Load:
                     connection = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
                 connection.request("GET", "/")
                 response = connection.getresponse()
-                response.read()
+                body = response.read()
                 self.short.record(response.status, f"{target.netloc} HTTP {response.status}")
+                self.saw_version(target.netloc, response.status, body)
                 if response.getheader("Connection", "").lower() == "close":
                     connection.close()
                     connection = None
@@ -148,7 +168,7 @@ class Load:
         finally:
             connection.close()
         rows = list(csv.DictReader(io.StringIO(body.lstrip("# "))))
-        return [row for row in rows if row.get("pxname") == self.args.backend]
+        return [row for row in rows if row.get("pxname") in self.args.backend]
 
     def sampler(self) -> None:
         while not self.stop.is_set():
@@ -169,10 +189,12 @@ class Load:
 
     def counters(self) -> dict[str, dict[str, int]]:
         totals: dict[str, dict[str, int]] = {}
-        for url in self.args.stats:
+        for url in self.args.stats:  # summed over the backends (both colours of a blue-green service)
             for row in self.read_stats(url):
                 if row["svname"] == "BACKEND":
-                    totals[url] = {name: int(row.get(name) or 0) for name in COUNTERS}
+                    mine = totals.setdefault(url, dict.fromkeys(COUNTERS, 0))
+                    for name in COUNTERS:
+                        mine[name] += int(row.get(name) or 0)
         return totals
 
     # --- run -------------------------------------------------------------------------------------
@@ -203,6 +225,7 @@ class Load:
             "samples": self.samples,
             "stats_errors": self.stats_errors,
             "counters": self.counters(),
+            "versions": self.versions,
         }
 
 
@@ -210,7 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", action="append", required=True)
     parser.add_argument("--stats", action="append", default=[])
-    parser.add_argument("--backend", required=True)
+    parser.add_argument("--backend", action="append", required=True, help="repeat for every colour")
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--slow-rate", type=float, default=4)

@@ -16,7 +16,9 @@ description:
     C(__rollout_release) query ran and reached them; and C(rollout_outcome), used as
     C(journal | berth.fleet.rollout_outcome(verb, service, state_dir)), which returns what a verb
     publishes with C(set_stats) - C(verb), C(service), C(version), C(status), C(batches)
-    (C(planned), C(done)), C(failures), C(outcome) and the C(journal) path.
+    (C(planned), C(done)), C(failures), C(outcome) and the C(journal) path; and C(colour_members),
+    used as C(hostvars | berth.fleet.colour_members(groups, colours, lb_hosts)), which returns
+    C(rollout_members) per colour of a blue-green service (C(berth_service_spec.colours)).
 options:
   _input:
     description: C(hostvars).
@@ -74,10 +76,21 @@ def rollout_outcome(journal, verb, service, state_dir, scope=""):
     return outcome(dict(journal or {}), str(verb), str(service), str(path))
 
 
+def colour_members(hostvars, groups, colours, lb_hosts):
+    """Per colour of a blue-green service, its instances as ``rollout_members`` gives them."""
+    return {
+        name: members_from_inventory(
+            hostvars, list(groups.get(body["group"], [])), list(lb_hosts), body["backend"]
+        )
+        for name, body in dict(colours or {}).items()
+    }
+
+
 class FilterModule:
     def filters(self):
         return {
             "rollout_members": members_from_inventory,
             "rollout_reachable": reachable_in_inventory,
             "rollout_outcome": rollout_outcome,
+            "colour_members": colour_members,
         }

@@ -33,6 +33,19 @@ options:
     type: list
     elements: dict
     default: []
+  initial_files:
+    description:
+      - Files written only where they do not exist yet, each with C(path), C(content) and C(mode)
+        - state that is HAProxy's to change afterwards, such as the route maps of blue-green
+        services (M(berth.fleet.lb_route) switches them); never compared or overwritten.
+    type: list
+    elements: dict
+    default: []
+  maps:
+    description: Map files whose runtime entries to return (C(show map)), in RV(maps).
+    type: list
+    elements: path
+    default: []
   service:
     description: The HAProxy systemd unit.
     type: str
@@ -91,6 +104,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.config
     ManagedFile,
     read_after_checks,
 )
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.routes import read_map
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
     HaproxyError,
     UnixSocketTransport,
@@ -111,6 +125,8 @@ def main() -> None:
             "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
             "config": {"type": "dict", "required": True},
             "files": {"type": "list", "elements": "dict", "default": []},
+            "initial_files": {"type": "list", "elements": "dict", "default": []},
+            "maps": {"type": "list", "elements": "path", "default": []},
             "service": {"type": "str", "default": "haproxy.service"},
             "backends": {"type": "list", "elements": "str", "default": []},
         },
@@ -120,6 +136,9 @@ def main() -> None:
     request = ConfigRequest(
         config=managed(params["config"], "config", module),
         files=tuple(managed(raw, f"files[{i}]", module) for i, raw in enumerate(params["files"])),
+        initial=tuple(
+            managed(raw, f"initial_files[{i}]", module) for i, raw in enumerate(params["initial_files"])
+        ),
         service=params["service"],
         haproxy=module.get_bin_path("haproxy") or "haproxy",
     )
@@ -129,7 +148,10 @@ def main() -> None:
         module.fail_json(msg=str(exc))
     transport = UnixSocketTransport(params["socket"])
     servers: dict[str, Any] = {}
+    maps: dict[str, Any] = {}
     try:
+        for path in params["maps"]:
+            maps[path] = read_map(transport, path)
         # after a start or reload, new servers count as UP until their first check: wait for it
         seen = read_after_checks(transport, params["backends"])
         for backend, states in seen.items():
@@ -142,7 +164,8 @@ def main() -> None:
         # in check mode HAProxy may not run yet (it would be started): nothing is in rotation
         module.warn(f"cannot read the load balancer's servers yet: {exc}")
         servers = {backend: {} for backend in params["backends"]}
-    result: dict[str, Any] = dict(outcome.as_dict(), servers=servers)
+        maps = {path: {} for path in params["maps"]}
+    result: dict[str, Any] = dict(outcome.as_dict(), servers=servers, maps=maps)
     if module._diff:
         result["diff"] = outcome.diff
     module.exit_json(**result)

@@ -158,10 +158,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure, exit_module
 from ansible_collections.berth.fleet.plugins.module_utils.common.sshforward import (
+    TARGET_OPTIONS,
     ForwardError,
     SocketForward,
-    SshTarget,
-    private_directory,
+    forwards_of,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
     HaproxyError,
@@ -172,14 +172,6 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import
 from ansible_collections.berth.fleet.plugins.module_utils.planner.report import gate_step, record_step
 
 Said = Callable[[str], None]
-TARGET_OPTIONS = {
-    "name": {"type": "str", "required": True},
-    "address": {"type": "str", "required": True},
-    "port": {"type": "int"},
-    "user": {"type": "str"},
-    "private_key": {"type": "path"},
-    "args": {"type": "list", "elements": "str", "default": []},
-}
 ARGUMENT_SPEC: dict[str, Any] = {
     "lbs": {"type": "list", "elements": "dict", "required": True, "options": TARGET_OPTIONS},
     "action": {"type": "str", "choices": ["step", "close"], "default": "step"},
@@ -208,21 +200,7 @@ STEP_KEYS = (
 
 
 def forwards(params: dict[str, Any]) -> list[SocketForward]:
-    directory = private_directory(f"lb-runtime:{params['socket']}")
-    targets = [
-        SshTarget(
-            name=lb["name"],
-            address=lb["address"],
-            port=lb["port"],
-            user=lb["user"],
-            private_key=lb["private_key"],
-            args=tuple(lb["args"]),
-        )
-        for lb in params["lbs"]
-    ]
-    return [
-        SocketForward(target, params["socket"], directory, persist=params["persist"]) for target in targets
-    ]
+    return forwards_of(params["lbs"], params["socket"], params["persist"])
 
 
 def one_lb(

@@ -72,9 +72,16 @@ class BuildInfo:
     version: str
     greeting: str = "Hello from the Berth sample service"
     broken_health: bool = False
+    # the share of requests other than /health answered 500 (every n-th: deterministic, so a
+    # canary's analysis sees exactly this rate); 0 serves them all
+    error_rate: float = 0.0
 
 
-_BUILD_FLAG_TYPES: dict[str, type] = {"greeting": str, "broken_health": bool}
+_BUILD_FLAG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "greeting": str,
+    "broken_health": bool,
+    "error_rate": (int, float),
+}
 
 
 def load_build_info(path: Path) -> BuildInfo:
@@ -100,8 +107,13 @@ def load_build_info(path: Path) -> BuildInfo:
         if expected is None:
             known = ", ".join(sorted(_BUILD_FLAG_TYPES))
             raise StartupError(f"{where}: build_flags.{flag}: unknown build flag (known: {known})")
-        if not isinstance(value, expected):
-            raise StartupError(f"{where}: build_flags.{flag}: expected {expected.__name__}, got {value!r}")
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            name = expected.__name__ if isinstance(expected, type) else "a number"
+            raise StartupError(f"{where}: build_flags.{flag}: expected {name}, got {value!r}")
+    if not 0 <= float(flags.get("error_rate", 0)) <= 1:
+        raise StartupError(
+            f"{where}: build_flags.error_rate: expected a share from 0 to 1, got {flags['error_rate']!r}"
+        )
     return BuildInfo(artifact=raw["artifact"], version=raw["version"], **flags)
 
 
@@ -293,6 +305,11 @@ class SampleHandler(BaseHTTPRequestHandler):
             return
         url = urlsplit(self.path)
         build, config = self.server.build, self.server.config
+        if url.path != "/health" and self.server.fails_this_one():
+            self._send_json(
+                500, {"error": "injected failure (build flag error_rate)", "version": build.version}
+            )
+            return
         if url.path == "/":
             self._send_json(
                 200,
@@ -390,9 +407,20 @@ class SampleServer(ThreadingHTTPServer):
         self.build = build
         self.output = output
         self.tracker = ConnectionTracker()
+        self._served = 0
+        self._served_lock = threading.Lock()
         if ipaddress.ip_address(config.bind).version == 6:
             self.address_family = socket.AF_INET6
         super().__init__((config.bind, config.port), SampleHandler)
+
+    def fails_this_one(self) -> bool:
+        """Whether this request is one of the build's injected failures (every 1/error_rate-th)."""
+        rate = self.build.error_rate
+        if rate <= 0:
+            return False
+        with self._served_lock:
+            self._served += 1
+            return rate >= 1 or self._served % max(1, round(1 / rate)) == 0
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the bind address with getfqdn(): on a host without

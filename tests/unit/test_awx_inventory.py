@@ -93,6 +93,12 @@ def view(listing: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[set[s
     return hostvars, groups
 
 
+def colours(policy: dict[str, Any]) -> int:
+    """A blue-green service has two colours of its instance count, a rolling one one."""
+    strategy = policy.get("strategy", "rolling")
+    return 2 if isinstance(strategy, dict) and "blue_green" in strategy else 1
+
+
 def check_against_spec(exported: dict[str, Any], spec: dict[str, Any]) -> None:
     """The hosts, groups and variables a job needs, as the spec says they must be."""
     data = json.loads(json.dumps(exported), object_hook=plain)
@@ -100,7 +106,12 @@ def check_against_spec(exported: dict[str, Any], spec: dict[str, Any]) -> None:
     environment, services = spec["environment"], spec["services"]
     datacenters = spec["estate"]["datacenters"]
     instances = {
-        name: [f"{name}-{n}" for n in range(1, environment["services"][name]["instances"] + 1)]
+        name: [
+            f"{name}-{n}"
+            for n in range(
+                1, colours(environment["services"][name]) * environment["services"][name]["instances"] + 1
+            )
+        ]
         for name in services
     }
     lbs = {lb: dc for dc, body in datacenters.items() for lb in body.get("loadbalancers", {})}

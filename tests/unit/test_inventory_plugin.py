@@ -64,11 +64,17 @@ def test_dev_runs_one_per_service(envs: dict[str, dict[str, Any]]) -> None:
 def test_lab_is_prod_shaped(envs: dict[str, dict[str, Any]]) -> None:
     lab = envs["lab"]
     hostvars = lab["_meta"]["hostvars"]
-    assert len(hosts_of(lab, "instances")) == 8
+    # catalog x 4 rolling; orders x 4 blue-green: two colours of 4, each spread 2 + 2 over the DCs
+    assert len(hosts_of(lab, "instances")) == 12
+    for colour in ("blue", "green"):
+        members = hosts_of(lab, f"colour_orders_{colour}")
+        assert len(members) == 4 and all(hostvars[h]["berth_colour"] == colour for h in members)
+        assert sorted(hostvars[h]["berth_dc"] for h in members) == ["dc1", "dc1", "dc2", "dc2"]
+    assert len({hostvars[h]["berth_node"] for h in hosts_of(lab, "svc_orders")}) == 8
     assert hosts_of(lab, "lb_dc1") == ["lb-dc1"] and hosts_of(lab, "lb_dc2") == ["lb-dc2"]
     assert hosts_of(lab, "execution_dc1") == ["exec-dc1"] and hosts_of(lab, "execution_dc2") == ["exec-dc2"]
     addresses = [hostvars[h]["ansible_host"] for h in hostvars]
-    assert len(addresses) == len(set(addresses)) == 12
+    assert len(addresses) == len(set(addresses)) == 16
     assert all(hostvars[h]["berth_substrate"] == "local" for h in hostvars)
 
 
@@ -176,7 +182,7 @@ def test_nodes_are_unique_and_sized_for_what_they_carry(envs: dict[str, dict[str
     assert (box["bridge"], box["prefix"], box["gateway"]) == ("br-dc1", 24, "10.71.1.1")
     assert found["ci-lb-ci"]["vcpus"] == 0
     lab = envs["lab"]["_meta"]["hostvars"]
-    assert len(nodes(lab, sorted(lab))) == 12  # 8 instances, 2 load balancers, 2 execution nodes
+    assert len(nodes(lab, sorted(lab))) == 16  # 12 instances, 2 load balancers, 2 execution nodes
     assert lab["catalog-1"]["berth_lab_bridges"] == [
         {"name": "br-dc1", "address": "10.70.1.1/24"},
         {"name": "br-dc2", "address": "10.70.2.1/24"},

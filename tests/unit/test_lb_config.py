@@ -134,3 +134,30 @@ def test_servers_are_reported_once_their_first_check_ran_never_up_on_no_evidence
         None, ["be_app"], timeout=3, clock=lambda: next(clock), sleep=lambda s: None
     )  # type: ignore[arg-type]
     assert not late["be_app"]["s1"].in_rotation  # the deadline passed without a check: not UP
+
+
+def test_an_initial_file_is_written_only_where_missing_and_check_mode_validates_a_stand_in(
+    tmp_path: Path,
+) -> None:
+    routes = str(tmp_path / "etc/haproxy/berth-routes/orders.map")
+    config = f"frontend fe\n    use_backend %[str(live),map({routes},be_orders_blue)]\n"
+
+    def req(content: str) -> ConfigRequest:
+        return ConfigRequest(
+            config=ManagedFile(str(tmp_path / "etc/haproxy/haproxy.cfg"), config),
+            initial=(ManagedFile(routes, content),),
+        )
+
+    host = FakeHost()
+    # check mode: nothing written, but haproxy -c saw the config pointing at a copy of the map
+    planned = apply(req("live be_orders_blue\n"), host, check_mode=True)
+    assert planned.changed and not Path(routes).exists() and f"write {routes}" in planned.actions
+    assert routes not in host.checked[0] and "map(" in host.checked[0]
+    assert not [p for p in Path("/tmp").glob(".berth-check.*.map")]  # the stand-in is gone
+    # a real run writes it (before the config that needs it is checked) ...
+    assert apply(req("live be_orders_blue\n"), FakeHost()).changed
+    assert Path(routes).read_text() == "live be_orders_blue\n"
+    # ... and never again: the map is HAProxy's (lb_route switches it), not the role's
+    Path(routes).write_text("live be_orders_green\n")
+    again = apply(req("live be_orders_blue\n"), FakeHost())
+    assert not again.changed and Path(routes).read_text() == "live be_orders_green\n"

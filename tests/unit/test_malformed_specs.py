@@ -39,6 +39,80 @@ CORPUS: dict[str, tuple[Any, str]] = {
         {"environment.spread.max_skw": 1},
         "environment.spread.max_skw: unknown key (allowed: max_skew, when_unsatisfiable); did you mean 'max_skew'?",
     ),
+    "strategy-unknown": (
+        {"environment.services.orders.strategy": "blue-green"},
+        "environment.services.orders.strategy: expected one of rolling, blue_green, got 'blue-green'; "
+        "did you mean 'blue_green'?",
+    ),
+    "strategy-two-names": (
+        {"environment.services.orders.strategy": {"rolling": {}, "blue_green": {"preview_port": 18090}}},
+        "environment.services.orders.strategy: expected rolling, or a mapping with exactly one key",
+    ),
+    "strategy-blue-green-without-settings": (
+        {"environment.services.orders.strategy": "blue_green"},
+        "environment.services.orders.strategy: the blue_green strategy needs its settings",
+    ),
+    "strategy-canary-not-yet": (
+        {"environment.services.orders.strategy": {"canary": {"steps": [{"weight": 5}]}}},
+        "environment.services.orders.strategy: expected one of rolling, blue_green, got 'canary'",
+    ),
+    "blue-green-needs-preview-port": (
+        {"environment.services.orders.strategy": {"blue_green": {}}},
+        "environment.services.orders.strategy.blue_green.preview_port: is required",
+    ),
+    "blue-green-preview-port-taken": (
+        {"environment.services.orders.strategy": {"blue_green": {"preview_port": 8080}}},
+        "environment.services.orders.strategy.blue_green.preview_port: expected a port no load balancer "
+        "binds yet: 8080 is the port of service catalog",
+    ),
+    "blue-green-unknown-setting": (
+        {"environment.services.orders.strategy": {"blue_green": {"preview_port": 18090, "scale_down": 60}}},
+        "environment.services.orders.strategy.blue_green.scale_down: unknown key (allowed: preview_port, smoke, "
+        "analysis, scale_down_delay, retire); did you mean 'scale_down_delay'?",
+    ),
+    "blue-green-smoke-empty": (
+        {"environment.services.orders.strategy": {"blue_green": {"preview_port": 18090, "smoke": []}}},
+        "environment.services.orders.strategy.blue_green.smoke: expected a list of at least one {path, status}",
+    ),
+    "blue-green-smoke-path": (
+        {
+            "environment.services.orders.strategy": {
+                "blue_green": {"preview_port": 18090, "smoke": [{"path": "health"}]}
+            }
+        },
+        "environment.services.orders.strategy.blue_green.smoke[0].path: expected a URL path such as /health, "
+        "got 'health'",
+    ),
+    "blue-green-analysis-without-metrics": (
+        {
+            "environment.services.orders.strategy": {
+                "blue_green": {"preview_port": 18090, "analysis": {"window": 10}}
+            }
+        },
+        "environment.services.orders.strategy.blue_green.analysis.max_error_rate: is required",
+    ),
+    "blue-green-error-rate-over-one": (
+        {
+            "environment.services.orders.strategy": {
+                "blue_green": {
+                    "preview_port": 18090,
+                    "analysis": {"window": 10, "max_error_rate": 5, "min_requests": 10},
+                }
+            }
+        },
+        "environment.services.orders.strategy.blue_green.analysis.max_error_rate: expected a rate from 0 to 1 "
+        "(0.01 is 1 %), got integer 5",
+    ),
+    "blue-green-retire": (
+        {"environment.services.orders.strategy": {"blue_green": {"preview_port": 18090, "retire": "delete"}}},
+        "environment.services.orders.strategy.blue_green.retire: expected one of stop, keep, got 'delete'",
+    ),
+    "blue-green-no-room-for-second-colour": (
+        {"environment.services.catalog.strategy": {"blue_green": {"preview_port": 18080}}},
+        "environment.services.catalog.strategy: blue_green needs a second colour of 4 instance(s) of catalog "
+        "on machines of their own, and the estate has no room for it: 8 instances but only 4 usable hypervisor "
+        "machine(s)",
+    ),
     "port-not-integer": (
         {"services.catalog.port": "eighty"},
         "services.catalog.port: expected an integer, got string 'eighty'",

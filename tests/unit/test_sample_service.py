@@ -306,7 +306,7 @@ def test_an_unknown_build_flag_is_refused(tmp_path: Path, releases: dict[str, Pa
     result = run_app(str(release / "app.py"), config_path)
     assert result.returncode == 2
     assert (
-        "version.json: build_flags.broken_heath: unknown build flag (known: broken_health, greeting)"
+        "version.json: build_flags.broken_heath: unknown build flag (known: broken_health, error_rate, greeting)"
         in result.stderr
     )
 
@@ -468,3 +468,15 @@ def test_an_idle_service_stops_at_once(start_service: Callable[..., Service], si
     assert service.proc.wait(timeout=10) == 0
     assert time.monotonic() - sent_at < 2
     assert service.errors.read_text() == ""
+
+
+def test_a_release_with_an_error_rate_fails_that_share_of_requests_but_not_its_health(
+    start_service: Callable[..., Service],
+) -> None:
+    service = start_service("v4")  # error_rate 0.1: every tenth request other than /health
+    statuses = [service.get("/")[0] for _ in range(50)]
+    assert statuses.count(500) == 5 and statuses.count(200) == 45
+    assert all(service.get("/health")[0] == 200 for _ in range(20))
+    broken = start_service("v5")  # error_rate 1.0: every one (what smoke checks must catch)
+    assert [broken.get("/")[0] for _ in range(5)] == [500] * 5
+    assert broken.get("/health") == (200, {"status": "ok", "version": "v5"})

@@ -156,6 +156,28 @@ class SocketForward:
             )
         return True
 
+    def write_file(self, path: str, content: str, mode: int = 0o644, timeout: float = 30.0) -> None:
+        """``content`` at ``path`` on the target, atomically (a temporary sibling, synced, renamed),
+        over the master's connection (``ensure`` first)."""
+        quoted = shlex.quote(path)
+        script = (
+            "set -e; umask 077; "
+            f't=$(mktemp "$(dirname {quoted})/.berth.XXXXXX"); trap \'rm -f "$t"\' EXIT; '
+            f'cat > "$t"; chmod {mode:o} "$t"; sync "$t"; mv -f "$t" {quoted}; trap - EXIT'
+        )
+        argv = [*self.target.ssh("-S", str(self.control_path), "-o", "ControlMaster=no"), script]
+        try:
+            proc = subprocess.run(
+                argv, input=content, capture_output=True, text=True, check=False, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            raise ForwardError(f"{self.target.name}: writing {path} took over {timeout:g} s") from None
+        if proc.returncode != 0:
+            raise ForwardError(
+                f"{self.target.name}: cannot write {path} (rc={proc.returncode}): "
+                f"{' '.join(proc.stderr.strip().splitlines()[-3:])}"
+            )
+
     def close(self) -> None:
         if self.control_path.exists():
             self._control("exit")
@@ -182,3 +204,36 @@ def private_directory(key: str) -> Path:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
         raise ForwardError(f"{directory} must be a directory of this user's, mode 0700: refusing to use it")
     return directory
+
+
+# the options a module takes for each load balancer it reaches through a forward (the
+# berth.fleet.ssh_targets filter gives them)
+TARGET_OPTIONS: dict[str, Any] = {
+    "name": {"type": "str", "required": True},
+    "address": {"type": "str", "required": True},
+    "port": {"type": "int"},
+    "user": {"type": "str"},
+    "private_key": {"type": "path"},
+    "args": {"type": "list", "elements": "str", "default": []},
+}
+
+
+def forwards_of(lbs: list[Mapping[str, Any]], remote: str, persist: int = 120) -> list[SocketForward]:
+    """A forward of ``remote`` (the Runtime API socket) per load balancer of a module's ``lbs``."""
+    directory = private_directory(f"lb-runtime:{remote}")
+    return [
+        SocketForward(
+            SshTarget(
+                name=lb["name"],
+                address=lb["address"],
+                port=lb.get("port"),
+                user=lb.get("user"),
+                private_key=lb.get("private_key"),
+                args=tuple(lb.get("args") or ()),
+            ),
+            remote,
+            directory,
+            persist=persist,
+        )
+        for lb in lbs
+    ]

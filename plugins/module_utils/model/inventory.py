@@ -12,6 +12,8 @@ from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils.model import statedir
 from ansible_collections.berth.fleet.plugins.module_utils.model.names import (
+    colour_backend,
+    colour_group,
     group_name,
     instance_groups,
     lb_groups,
@@ -146,6 +148,8 @@ def _instance_vars(topology: Topology, instance: Instance, machine: Machine) -> 
         "berth_address": str(instance.address),
         "berth_port": instance.port,
     }
+    if instance.colour:
+        host_vars["berth_colour"] = instance.colour
     if machine.virt is not None:
         host_vars["berth_hypervisor"] = _hypervisor_vars(topology, machine, machine.virt)
     if machine.kind == "metal":
@@ -214,6 +218,15 @@ def _services(topology: Topology) -> dict[str, Any]:
             "substrate": service.substrate,
             "instances": policy.instances,
             "max_unavailable": policy.max_unavailable,
+            "strategy": policy.strategy.as_dict(),
+            # a blue-green service's two colours: each its own LB backend and inventory group
+            "colours": {
+                colour: {
+                    "backend": colour_backend(service.name, colour),
+                    "group": colour_group(service.name, colour),
+                }
+                for colour in policy.strategy.colours
+            },
         }
     return services
 

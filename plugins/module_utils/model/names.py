@@ -43,7 +43,18 @@ def group_name(prefix: str, name: str) -> str:
     return f"{prefix}_{_UNSAFE_GROUP_CHARS.sub('_', name)}"
 
 
+def colour_group(service: str, colour: str) -> str:
+    """The inventory group of one colour of a blue-green service: ``colour_orders_green``."""
+    return group_name("colour", f"{service}_{colour}")
+
+
+def colour_backend(service: str, colour: str) -> str:
+    """The HAProxy backend of one colour of a blue-green service: ``be_orders_green``."""
+    return f"be_{service}_{colour}"
+
+
 def instance_groups(topology: Topology, instance: Instance) -> list[str]:
+    colour = [colour_group(instance.service, instance.colour)] if instance.colour else []
     return [
         group_name("env", topology.environment),
         "instances",
@@ -51,6 +62,7 @@ def instance_groups(topology: Topology, instance: Instance) -> list[str]:
         group_name("dc", instance.dc),
         group_name("machine", instance.machine),
         group_name("substrate", topology.service(instance.service).substrate),
+        *colour,
     ]
 
 

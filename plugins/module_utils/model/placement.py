@@ -175,9 +175,22 @@ class _Placer:
             self.usable_cache[(kind, need)] = sum(1 for m in self.by_kind[kind] if _fits(m.capacity, need))
         return self.usable_cache[(kind, need)]
 
-    def place(self, service: Service, ordinal: int) -> tuple[str, _MachineState]:
+    def precheck_colours(self, service: Service, count: int) -> None:
+        """The second colour of a blue-green service fits too, or the strategy is refused."""
+        try:
+            self.precheck(service, count)
+        except SpecError as exc:
+            raise SpecError(
+                self.topology.source,
+                f"environment.services.{service.name}.strategy",
+                f"blue_green needs a second colour of {count // 2} instance(s) of {service.name} on "
+                f"machines of their own, and the estate has no room for it: {exc.expected}",
+            ) from None
+
+    def place(self, service: Service, ordinal: int, colour: str = "") -> tuple[str, _MachineState]:
         kind = KIND_FOR_SUBSTRATE[service.substrate]
-        counts = self.per_dc[service.name]
+        # each colour of a blue-green service is spread across the datacenters on its own
+        counts = self.per_dc[f"{service.name}/{colour}" if colour else service.name]
         dc_order = sorted(self.topology.datacenters, key=lambda dc: (counts[dc.name], self.declared[dc.name]))
         skipped: list[str] = []
         for dc in dc_order:
@@ -245,27 +258,42 @@ def place(topology: Topology) -> Placement:
     """Place every instance of every service; raise SpecError naming what cannot be satisfied."""
     placer = _Placer(topology)
     counts = {s.name: topology.policies[s.name].instances for s in topology.services}
+    colours = {s.name: topology.policies[s.name].strategy.colours for s in topology.services}
     for service in topology.services:
         placer.precheck(service, counts[service.name])
-    chosen: list[tuple[Service, int, str, _MachineState]] = []
+        if colours[service.name]:
+            # a blue-green service has a second colour of as many instances, on machines of their own
+            counts[service.name] *= len(colours[service.name])
+            placer.precheck_colours(service, counts[service.name])
+    chosen: list[tuple[Service, int, str, _MachineState, str]] = []
     for ordinal in range(1, max(counts.values(), default=0) + 1):
         for service in topology.services:
             if ordinal <= counts[service.name]:
-                dc_name, state = placer.place(service, ordinal)
-                chosen.append((service, ordinal, dc_name, state))
+                colour = _colour(colours[service.name], ordinal, topology.policies[service.name].instances)
+                dc_name, state = placer.place(service, ordinal, colour)
+                chosen.append((service, ordinal, dc_name, state, colour))
     placement = Placement(topology, tuple(_realise(topology, chosen)))
     check_generated_names(placement)
     return placement
 
 
-def _realise(topology: Topology, chosen: list[tuple[Service, int, str, _MachineState]]) -> list[Instance]:
+def _colour(colours: tuple[str, ...], ordinal: int, per_colour: int) -> str:
+    """Instances 1..n are the first colour, n+1..2n the second (none for a rolling service)."""
+    return colours[(ordinal - 1) // per_colour] if colours else ""
+
+
+def _realise(
+    topology: Topology, chosen: list[tuple[Service, int, str, _MachineState, str]]
+) -> list[Instance]:
     """Give every placed instance its node, address and port."""
     service_index = {s.name: i for i, s in enumerate(topology.services)}
     rank_in_dc: Counter[tuple[str, str]] = Counter()
     rank_on_node: Counter[tuple[str, str]] = Counter()
     ports_on_node: dict[tuple[str, int], str] = {}
     instances = []
-    for service, ordinal, dc_name, state in sorted(chosen, key=lambda c: (service_index[c[0].name], c[1])):
+    for service, ordinal, dc_name, state, colour in sorted(
+        chosen, key=lambda c: (service_index[c[0].name], c[1])
+    ):
         dc = topology.datacenter(dc_name)
         machine = state.machine
         name = f"{service.name}-{ordinal}"
@@ -309,7 +337,7 @@ def _realise(topology: Topology, chosen: list[tuple[Service, int, str, _MachineS
             )
         ports_on_node[(node, port)] = name
         instances.append(
-            Instance(service.name, ordinal, dc_name, machine.name, machine.kind, node, address, port)
+            Instance(service.name, ordinal, dc_name, machine.name, machine.kind, node, address, port, colour)
         )
     return instances
 

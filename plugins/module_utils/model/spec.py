@@ -25,6 +25,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.checks import ch
 from ansible_collections.berth.fleet.plugins.module_utils.model.reader import Reader, suggest
 from ansible_collections.berth.fleet.plugins.module_utils.model.source import AsWritten
 from ansible_collections.berth.fleet.plugins.module_utils.model.statedir import default_namespace
+from ansible_collections.berth.fleet.plugins.module_utils.model.strategy import parse_strategy
 from ansible_collections.berth.fleet.plugins.module_utils.model.topology import (
     SUBSTRATES,
     UTILITY_SECTIONS,
@@ -364,15 +365,36 @@ def _policies(
         if service.name not in per_service:
             raise parser.fail(s_key, "is required: every declared service needs an instance count here")
         body = parser.mapping(per_service[service.name], s_key)
-        parser.keys(body, s_key, ("instances",), ("max_unavailable",))
+        parser.keys(body, s_key, ("instances",), ("max_unavailable", "strategy"))
         instances = parser.integer(body["instances"], dotted(s_key, "instances"), 0)
         if "max_unavailable" in body:
             unavailable_raw, unavailable_key = body["max_unavailable"], dotted(s_key, "max_unavailable")
         else:
             unavailable_raw, unavailable_key = default_unavailable, "environment.max_unavailable"
         unavailable = _max_unavailable(parser, unavailable_raw, unavailable_key, instances)
-        policies[service.name] = ServicePolicy(instances, unavailable)
+        strategy = parse_strategy(parser, body.get("strategy"), dotted(s_key, "strategy"), service.health)
+        policies[service.name] = ServicePolicy(instances, unavailable, strategy)
+    _check_preview_ports(parser, services, policies)
     return policies
+
+
+def _check_preview_ports(
+    parser: Reader, services: tuple[Service, ...], policies: Mapping[str, ServicePolicy]
+) -> None:
+    """A blue-green preview port is bound on every load balancer beside the services' own ports."""
+    taken = {s.port: f"the port of service {s.name}" for s in services}
+    for service in services:
+        blue_green = policies[service.name].strategy.blue_green
+        if blue_green is None:
+            continue
+        key = f"environment.services.{service.name}.strategy.blue_green.preview_port"
+        if blue_green.preview_port in taken:
+            raise parser.fail(
+                key,
+                f"expected a port no load balancer binds yet: {blue_green.preview_port} is "
+                f"{taken[blue_green.preview_port]}",
+            )
+        taken[blue_green.preview_port] = f"the preview port of service {service.name}"
 
 
 def _lab_namespace(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 SUBSTRATES = ("vm", "metal", "local")
 MachineKind = Literal["hypervisor", "metal", "local"]
@@ -159,10 +159,85 @@ class Spread:
     when_unsatisfiable: str  # "fail" | "schedule_anyway"
 
 
+# the two colours of a blue-green service, in the order their instances are numbered
+COLOURS = ("blue", "green")
+
+
+@dataclass(frozen=True)
+class SmokeCheck:
+    path: str
+    status: int
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Post-switch analysis from the load balancers' own counters of the new colour's backend.
+
+    Every ``interval`` seconds for ``window`` seconds the 5xx answers and connection/response errors
+    are summed over every LB; a verdict needs at least ``min_requests`` requests: fewer is
+    inconclusive (never a pass), and the window is run again, at most ``inconclusive_limit`` times,
+    before inconclusive counts as a failure.
+    """
+
+    window: float
+    interval: float
+    max_error_rate: float
+    min_requests: int
+    inconclusive_limit: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "interval": self.interval,
+            "max_error_rate": self.max_error_rate,
+            "min_requests": self.min_requests,
+            "inconclusive_limit": self.inconclusive_limit,
+        }
+
+
+@dataclass(frozen=True)
+class BlueGreen:
+    preview_port: int
+    smoke: tuple[SmokeCheck, ...]
+    analysis: Analysis | None
+    scale_down_delay: int
+    retire: str  # stop: the old colour's instances stop once the delay is over; keep: they stay up
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "preview_port": self.preview_port,
+            "smoke": [{"path": s.path, "status": s.status} for s in self.smoke],
+            "analysis": self.analysis.as_dict() if self.analysis else None,
+            "scale_down_delay": self.scale_down_delay,
+            "retire": self.retire,
+        }
+
+
+@dataclass(frozen=True)
+class Strategy:
+    kind: str = "rolling"
+    blue_green: BlueGreen | None = field(default=None)
+
+    @property
+    def colours(self) -> tuple[str, ...]:
+        """The colours a service's instances come in: none for a rolling service."""
+        return COLOURS if self.kind == "blue_green" else ()
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": self.kind}
+        if self.blue_green is not None:
+            body["blue_green"] = self.blue_green.as_dict()
+        return body
+
+
+ROLLING = Strategy()
+
+
 @dataclass(frozen=True)
 class ServicePolicy:
     instances: int
     max_unavailable: int  # resolved to a count; 0 for a service with no instances here
+    strategy: Strategy = ROLLING  # how a new version reaches users (`strategy.py`)
 
 
 @dataclass(frozen=True)
@@ -222,6 +297,7 @@ class Instance:
     node: str  # the VM / nspawn machine / metal host that runs it
     address: ipaddress.IPv4Address
     port: int
+    colour: str = ""  # blue or green for a blue-green service (`strategy.py`), else ""
 
     @property
     def name(self) -> str:

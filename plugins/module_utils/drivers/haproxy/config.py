@@ -74,13 +74,17 @@ class ConfigRequest:
     config: ManagedFile  # haproxy.cfg: validated before it is written
     files: tuple[ManagedFile, ...] = ()
     service: str = "haproxy.service"
+    # written only where missing: state HAProxy's runtime changes afterwards (route maps)
+    initial: tuple[ManagedFile, ...] = ()
     haproxy: str = "haproxy"
 
     def problems(self) -> list[str]:
         found = self.config.problems("config")
         for index, managed in enumerate(self.files):
             found += managed.problems(f"files[{index}]")
-        paths = [self.config.path, *(managed.path for managed in self.files)]
+        for index, managed in enumerate(self.initial):
+            found += managed.problems(f"initial_files[{index}]")
+        paths = [self.config.path, *(managed.path for managed in (*self.files, *self.initial))]
         if len(set(paths)) != len(paths):
             found.append(f"every file must be named once, got {', '.join(sorted(paths))}")
         return found
@@ -119,17 +123,33 @@ class LoadBalancerConfig:
                     "after": managed.content,
                 }
             )
+        missing = [managed for managed in request.initial if not os.path.exists(managed.path)]
+        for managed in missing:
+            outcome.diff.append(
+                {
+                    "before_header": managed.path,
+                    "after_header": managed.path,
+                    "before": "",
+                    "after": managed.content,
+                }
+            )
+        if missing and not self.check_mode:  # the configuration refers to them: they come first
+            for managed in missing:
+                Path(managed.path).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(Path(managed.path), managed.content, mode=managed.mode)
         config_changed = request.config in changed
         if config_changed:
-            self._validate(request.config)
+            self._validate(request.config, missing if self.check_mode else [])
         try:
             unit = self.systemctl.state(request.service)
         except SystemdError as exc:
             raise HaproxyError(str(exc)) from None
-        outcome.written = [managed.path for managed in changed]
-        outcome.changed = bool(changed) or not unit.active or unit.needs_enable
+        outcome.written = [managed.path for managed in (*missing, *changed)]
+        outcome.changed = bool(changed) or bool(missing) or not unit.active or unit.needs_enable
         if self.check_mode:
-            outcome.actions = self._plan(changed, unit.active, config_changed, unit.needs_enable)
+            outcome.actions = [f"write {managed.path}" for managed in missing] + self._plan(
+                changed, unit.active, config_changed, unit.needs_enable
+            )
             return outcome
         for managed in changed:  # the config last: the helper and drop-in it relies on are in place
             Path(managed.path).parent.mkdir(parents=True, exist_ok=True)
@@ -165,14 +185,25 @@ class LoadBalancerConfig:
             actions.append(f"reload {self.request.service}")
         return actions
 
-    def _validate(self, config: ManagedFile) -> None:
-        """``haproxy -c`` on the new configuration, in a temporary file beside the real one."""
+    def _validate(self, config: ManagedFile, absent: list[ManagedFile]) -> None:
+        """``haproxy -c`` on the new configuration, in a temporary file beside the real one; files it
+        refers to that do not exist yet (``absent``, in check mode) are checked from temporary copies."""
         directory = Path(config.path).parent
+        if not directory.is_dir() and self.check_mode:
+            directory = Path(tempfile.gettempdir())
         directory.mkdir(parents=True, exist_ok=True)
         fd, candidate = tempfile.mkstemp(dir=directory, prefix=".berth-check.", suffix=".cfg")
+        stand_ins: list[str] = []
+        content = config.content
+        for managed in absent:
+            stand_fd, stand_in = tempfile.mkstemp(prefix=".berth-check.", suffix=Path(managed.path).suffix)
+            with os.fdopen(stand_fd, "w", encoding="utf-8") as handle:
+                handle.write(managed.content)
+            stand_ins.append(stand_in)
+            content = content.replace(managed.path, stand_in)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(config.content)
+                handle.write(content)
             run_checked(self.runner, [self.request.haproxy, "-c", "-f", candidate], HaproxyError)
         except HaproxyError as exc:
             raise HaproxyError(
@@ -181,6 +212,8 @@ class LoadBalancerConfig:
             ) from None
         finally:
             Path(candidate).unlink(missing_ok=True)
+            for stand_in in stand_ins:
+                Path(stand_in).unlink(missing_ok=True)
 
 
 def checked_once(state: ServerState) -> bool:
