@@ -76,6 +76,12 @@ options:
     description: How many more windows an inconclusive one may run before inconclusive fails.
     type: int
     default: 2
+  revert:
+    description:
+      - What to switch back to when the verdict is not a pass, at once and in this task (no task
+        in between while users meet the failing release) - C(map), C(routes) and C(expect) as for
+        M(berth.fleet.lb_route). The result's RV(switched_back) says how it went.
+    type: dict
   persist:
     description: Seconds an idle OpenSSH master stays after the task (see M(berth.fleet.lb_traffic)).
     type: int
@@ -122,6 +128,11 @@ seconds:
   description: How long the analysis took.
   returned: always
   type: float
+switched_back:
+  description:
+    - With O(revert), after a verdict other than pass - C(changed), C(disagreed_for), or C(failed), C(msg).
+  returned: when switched back
+  type: dict
 """
 
 import time
@@ -137,6 +148,10 @@ from ansible_collections.berth.fleet.plugins.module_utils.common.sshforward impo
     forwards_of,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.counters import read_counters
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.routes import (
+    RouteTarget,
+    switch_routes,
+)
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
     HaproxyError,
     Transport,
@@ -160,6 +175,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "max_error_rate": {"type": "float", "required": True},
     "min_requests": {"type": "int", "required": True},
     "inconclusive_limit": {"type": "int", "default": 2},
+    "revert": {"type": "dict"},
     "persist": {"type": "int", "default": 120},
 }
 REQUIRED_IF: list[tuple[str, Any, list[str]]] = []
@@ -185,6 +201,7 @@ def analyse(
     params: dict[str, Any],
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    revert: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     backend = params["backend"]
     ids: dict[str, int | None] = dict.fromkeys(transports)
@@ -226,12 +243,49 @@ def analyse(
             "no data is never a pass"
         )
     if verdict.status != PASS:
-        raise ModuleFailure(f"{backend}: {verdict.status}: {result['verdict']['reason']}", **result)
+        message = f"{backend}: {verdict.status}: {result['verdict']['reason']}"
+        if revert is not None:
+            back = result["switched_back"] = revert()
+            message += (
+                f"; the switch back failed: {back['msg']}"
+                if back.get("failed")
+                else f"; every load balancer switched back (they differed for {back['disagreed_for']} s)"
+            )
+        raise ModuleFailure(message, **result)
     return result
+
+
+def _reverter(forwards: list[Any], revert: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    def switch_back() -> dict[str, Any]:
+        targets = [
+            RouteTarget(
+                f.target.name,
+                UnixSocketTransport(str(f.local_path)),
+                lambda path, content, forward=f: forward.write_file(path, content),
+            )
+            for f in forwards
+        ]
+        try:
+            outcome = switch_routes(
+                targets,
+                str(revert["map"]),
+                {str(k): str(v) for k, v in dict(revert["routes"]).items()},
+                expect={str(k): str(v) for k, v in dict(revert["expect"]).items()}
+                if revert.get("expect")
+                else None,
+            )
+        except HaproxyError as exc:
+            return {"failed": True, "msg": str(exc), **exc.details}
+        return {"changed": outcome.changed, "disagreed_for": outcome.disagreed_for}
+
+    return switch_back
 
 
 def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     problems = _problems(params)
+    revert = params["revert"]
+    if revert is not None and (not revert.get("map") or not isinstance(revert.get("routes"), dict)):
+        problems.append("revert: expected map (a path) and routes (key: backend), and optionally expect")
     if problems:
         raise ModuleFailure("; ".join(problems))
     if check_mode:
@@ -247,7 +301,8 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         transports: dict[str, Transport] = {
             forward.target.name: UnixSocketTransport(str(forward.local_path)) for forward in forwards
         }
-        return analyse(transports, params)
+        revert = _reverter(forwards, params["revert"]) if params["revert"] else None
+        return analyse(transports, params, revert=revert)
     except (ForwardError, HaproxyError) as exc:
         raise ModuleFailure(
             f"{params['backend']}: the analysis could not read the load balancers: {exc}"
