@@ -7,9 +7,12 @@
 5. start an independent load generator (short requests + 5 s requests through both LBs), roll
    catalog v1 -> v2, stop the load and print what it saw and where the rollout's time went, and
    where its rollout report is (the timeline page);
-6. lose a catalog machine (removed with its disk) and reconcile under the same load: the machine
+6. orders is blue-green: v2 goes to its idle colour, every LB switches to it at once, and
+   rollback.yml switches back to the warm colour, both under the same load (the load says when each
+   LB's users got which version);
+7. lose a catalog machine (removed with its disk) and reconcile under the same load: the machine
    is recreated, gets v2 and goes back into rotation;
-7. destroy the lab, unless --keep.
+8. destroy the lab, unless --keep.
 
     .venv/bin/python tools/demo.py [--env lab] [--keep]
 """
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from inventory_json import hostvars as inventory_hostvars
 
@@ -97,6 +101,42 @@ def placement_tables() -> None:
         print("\n".join(line[8:] for line in table.splitlines()[1:]), "\n")
 
 
+def blue_green(
+    hostvars: dict[str, Any], namespace: str, lbs: list[str], env: list[str], workdir: Path
+) -> None:
+    """orders is blue-green in the lab: v2 goes to the idle colour, every LB switches at once, then
+    rollback.yml switches back to the warm colour; the load sees both switches in its answers."""
+    spec = next(v["berth_service_spec"] for v in hostvars.values() if v.get("berth_service") == "orders")
+    if not spec.get("colours"):
+        return
+    argv = ["nsenter", f"--net=/run/netns/{namespace}", "/usr/bin/python3", str(LOADGEN)]
+    for lb in lbs:
+        address = hostvars[lb]["ansible_host"]
+        argv += ["--target", f"http://{address}:{spec['port']}", "--stats", f"http://{address}:8404/stats"]
+    for body in spec["colours"].values():
+        argv += ["--backend", body["backend"]]
+    argv += ["--rate", "200", "--slow-rate", "4", "--slow-seconds", "5"]
+    for title, args, name in (
+        (
+            "blue-green: orders v2 onto the idle colour, smoke checks, every LB switched at once, analysis",
+            ("playbooks/deploy.yml", "-e", "service=orders", "-e", "version=v2"),
+            "bg-v2",
+        ),
+        (
+            "blue-green: rollback.yml switches every LB back to the warm colour (v1)",
+            ("playbooks/rollback.yml", "-e", "service=orders"),
+            "bg-back",
+        ),
+    ):
+        step(f"{title}, under 200 req/s + 4 req/s of 5 s requests (retries 0, no redispatch)")
+        seconds, seen = under_load(argv, workdir / f"load-{name}.json", *env, *args)
+        failed = sum(seen[kind]["non_2xx"] + seen[kind]["errors"] for kind in ("short", "long"))
+        sent = sum(seen[kind]["sent"] for kind in ("short", "long"))
+        print(f"done in {seconds:.1f} s; {sent} requests meanwhile, {failed} failed")
+        for target, changes in sorted(seen["versions"].items()):
+            print(f"  users of {target} got: " + " -> ".join(f"{v} (from +{t:.2f} s)" for t, v in changes))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="lab")
@@ -153,6 +193,8 @@ def main() -> None:
             check=True,
         )
         print_report(journal, workdir / "rollout-catalog-v2")
+
+        blue_green(hostvars, namespace, lbs, env, workdir)
 
         lost = min(h for h, v in hostvars.items() if v.get("berth_service") == "catalog")
         node = str(hostvars[lost]["berth_node"])

@@ -200,6 +200,9 @@ class Load:
     # --- run -------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        # HAProxy's counters count since it started: the report gives what grew while this load ran
+        # (a LB reloaded meanwhile starts from 0: then what it counted since is its part)
+        before = self.counters()
         self.started = time.monotonic()
         threads = [threading.Thread(target=self.short_worker, args=(i,)) for i in range(self.args.workers)]
         threads.append(threading.Thread(target=self.long_spawner))
@@ -224,7 +227,15 @@ class Load:
             "short_rate": round(self.short.sent / active, 1),
             "samples": self.samples,
             "stats_errors": self.stats_errors,
-            "counters": self.counters(),
+            "counters": {
+                url: {
+                    name: value - before.get(url, {}).get(name, 0)
+                    if value >= before.get(url, {}).get(name, 0)
+                    else value
+                    for name, value in after.items()
+                }
+                for url, after in self.counters().items()
+            },
             "versions": self.versions,
         }
 

@@ -18,6 +18,8 @@ description:
   - O(action=record) appends a switch (O(switch)) to the colours record
     (C(<state_dir>/rollouts/<service>.colours.json)); the colour it left is warm for
     O(scale_down_delay) seconds.
+  - O(action=retired) records that the warm colour O(colour) was retired (its instances stopped once
+    its C(scale_down_delay) was over); O(action=plan) says which colour is due (RV(plan.retire)).
   - O(action=previous) returns the version the colour before the last switch runs (what a
     blue-green rollback switches back to).
   - Controller only; changes nothing outside the state directory.
@@ -25,7 +27,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [plan, record, previous]
+    choices: [plan, record, retired, previous]
     required: true
   state_dir:
     description: The environment's state directory (C(berth_state_dir)).
@@ -55,6 +57,14 @@ options:
     description:
       - The switch to record - C(from), C(to), C(from_version), C(to_version), C(disagreed_for), C(reason).
     type: dict
+  colour:
+    description: The colour retired (O(action=retired)).
+    type: str
+  retire:
+    description: The strategy's C(retire) - V(stop) retires a warm colour after its delay, V(keep) never.
+    type: str
+    choices: [stop, keep]
+    default: stop
   scale_down_delay:
     description: Seconds the colour a switch left stays warm.
     type: float
@@ -112,11 +122,12 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner.bluegreen impo
     plan_colours,
     previous_version,
     read_record,
+    record_retired,
     record_switch,
 )
 
 ARGUMENT_SPEC: dict[str, Any] = {
-    "action": {"type": "str", "choices": ["plan", "record", "previous"], "required": True},
+    "action": {"type": "str", "choices": ["plan", "record", "retired", "previous"], "required": True},
     "state_dir": {"type": "path", "required": True},
     "service": {"type": "str", "required": True},
     "colours": {"type": "dict"},
@@ -126,10 +137,13 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "replace_warm": {"type": "bool", "default": False},
     "switch": {"type": "dict"},
     "scale_down_delay": {"type": "float", "default": 0},
+    "colour": {"type": "str"},
+    "retire": {"type": "str", "choices": ["stop", "keep"], "default": "stop"},
 }
 REQUIRED_IF: list[tuple[str, Any, list[str]]] = [
     ("action", "plan", ["colours", "members", "maps", "target"]),
     ("action", "record", ["switch"]),
+    ("action", "retired", ["colour"]),
 ]
 
 
@@ -151,8 +165,13 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
                 read_record(state_dir, service),
                 params["target"],
                 params["replace_warm"],
+                retire=params["retire"],
             )
             return {"changed": False, "plan": plan.as_dict()}
+        if params["action"] == "retired":
+            if check_mode:
+                return {"changed": True, "record": {"would_retire": params["colour"]}}
+            return {"changed": True, "record": record_retired(state_dir, service, params["colour"])}
         switch = params["switch"]
         for key in ("from", "to"):
             if not switch.get(key):

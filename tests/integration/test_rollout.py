@@ -80,11 +80,11 @@ class RolloutLab:
         return run_playbook(playbook, str(self.spec), "-e", f"@{variables}", *args)
 
     def deploy_under_load(
-        self, name: str, *args: str, settle: float = 3, **extra: Any
+        self, name: str, *args: str, settle: float = 3, service: str = "catalog", **extra: Any
     ) -> tuple[PlaybookRun, dict[str, Any]]:
         """A playbook run while the load generator runs (started ``settle`` s before, so that long
         requests are in flight, and stopped 1 s after); the run and what the load saw."""
-        load = Load(self, "catalog", name)
+        load = Load(self, service, name)
         try:
             time.sleep(settle)
             run = self.deploy(*args, **extra)
@@ -145,7 +145,10 @@ class Load:
         for lb in lab.lbs:
             address = lab.hostvars[lb]["ansible_host"]
             argv += ["--target", f"http://{address}:{port}", "--stats", f"http://{address}:8404/stats"]
-        argv += ["--backend", f"be_{service}", "--rate", "200", "--slow-rate", "4", "--slow-seconds", "5"]
+        colours = lab.hostvars[lab.instances(service)[0]]["berth_service_spec"].get("colours") or {}
+        for backend in [body["backend"] for body in colours.values()] or [f"be_{service}"]:
+            argv += ["--backend", backend]  # a blue-green service: both colours
+        argv += ["--rate", "200", "--slow-rate", "4", "--slow-seconds", "5"]
         argv += ["--out", str(self.report_path)]
         # nsenter execs the generator: this PID is the generator's own
         self.process = subprocess.Popen(argv)
@@ -393,6 +396,12 @@ def test_the_next_instance_drains_while_this_one_is_gated_and_the_invariant_hold
         (
             {"service": "catalog", "rollout_batch_size": 3},
             "rollout_batch_size: expected 0 (max_unavailable) or a count from 1 to 1",
+        ),
+        ({"service": "catalog", "strategy": "canary"}, "strategy: expected rolling or blue_green, got canary"),
+        (
+            {"service": "catalog", "strategy": "blue_green"},
+            "strategy: catalog deploys rolling (environment.services.catalog.strategy in the inventory), "
+            "not blue_green; nothing was changed",
         ),
     ],
 )

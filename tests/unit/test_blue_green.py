@@ -15,6 +15,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner.bluegreen impo
     plan_colours,
     previous_version,
     read_record,
+    record_retired,
     record_switch,
 )
 from ansible_collections.berth.fleet.plugins.modules import lb_analysis
@@ -165,3 +166,41 @@ def test_the_analysis_passes_fails_fast_and_calls_no_traffic_inconclusive() -> N
         analyse((0, 0))
     assert idle.value.fields["verdict"]["status"] == "inconclusive" and idle.value.fields["windows"] == 2
     assert "no data is never a pass" in str(idle.value)
+
+
+def test_a_warm_colour_is_retired_once_its_delay_is_over_by_a_run_that_stays_live(tmp_path: Path) -> None:
+    state = str(tmp_path)
+    record = record_switch(
+        state,
+        "orders",
+        {"from": "blue", "to": "green", "from_version": "v1", "to_version": "v2"},
+        300,
+        now=1000.0,
+    )
+    maps = {"lb-1": GREEN_LIVE}
+    assert plan(maps, "v1", "v2", "v2", record, now=1200.0).retire == ""  # still warm
+    due = plan(maps, "v1", "v2", "v2", record, now=1400.0)  # a reconcile after the delay
+    assert due.in_place and due.retire == "blue"
+    assert plan(maps, "v1", "v2", "v3", record, now=1400.0).retire == ""  # a deploy replaces it instead
+    kept = plan_colours(
+        COLOURS,
+        {"blue": members("v1"), "green": members("v2")},
+        maps,
+        record,
+        "v2",
+        False,
+        now=1400.0,
+        retire="keep",
+    )
+    assert kept.retire == ""
+    retired = record_retired(state, "orders", "blue", now=1401.0)
+    assert (retired["retired"], retired["warm"]) == ("blue", "")
+    assert plan(maps, "v1", "v2", "v2", retired, now=1500.0).retire == ""  # once
+    again = record_switch(
+        state,
+        "orders",
+        {"from": "green", "to": "blue", "from_version": "v2", "to_version": "v3"},
+        300,
+        now=2000.0,
+    )
+    assert again["retired"] == "" and again["warm"] == "green"

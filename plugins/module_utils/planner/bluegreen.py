@@ -44,6 +44,9 @@ class ColourPlan:
     in_place: bool
     routes_now: dict[str, str]
     routes_after: dict[str, str]
+    # the colour whose scale_down_delay is over, to retire now (its instances stopped): a run that
+    # stays on the live colour retires it; "" when none is due
+    retire: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class ColourPlan:
             "warm": self.warm,
             "warm_until": self.warm_until,
             "in_place": self.in_place,
+            "retire": self.retire,
             "routes_now": self.routes_now,
             "routes_after": self.routes_after,
         }
@@ -115,6 +119,7 @@ def plan_colours(
     target: str,
     replace_warm: bool,
     now: float | None = None,
+    retire: str = "stop",
 ) -> ColourPlan:
     """Where a deploy of ``target`` goes: the idle colour, and the routes that make it live."""
     now = time.time() if now is None else now
@@ -141,8 +146,25 @@ def plan_colours(
         )
     routes_now = {"live": str(colours[live]["backend"]), "preview": str(colours[idle]["backend"])}
     routes_after = {"live": routes_now["preview"], "preview": routes_now["live"]}
+    due = (
+        retire == "stop"
+        and in_place
+        and record.get("warm") == idle
+        and warm_until <= now
+        and record.get("retired") != idle
+        and any(m.get("up") for m in members[idle])
+    )
     return ColourPlan(
-        live, idle, live_version, idle_version, warm, warm_until, in_place, routes_now, routes_after
+        live,
+        idle,
+        live_version,
+        idle_version,
+        warm,
+        warm_until,
+        in_place,
+        routes_now,
+        routes_after,
+        idle if due else "",
     )
 
 
@@ -169,8 +191,19 @@ def record_switch(
         "warm": entry["from"],
         "warm_version": entry.get("from_version", ""),
         "warm_until": now + scale_down_delay,
+        "retired": "",
         "switches": switches,
     }
+    path = colours_path(state_dir, service)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644)
+    return record
+
+
+def record_retired(state_dir: str, service: str, colour: str, now: float | None = None) -> dict[str, Any]:
+    """The warm colour retired (its instances stopped): no switch back to it without a deploy."""
+    record = dict(read_record(state_dir, service))
+    record.update(retired=colour, retired_at=time.time() if now is None else now, warm="", warm_until=0)
     path = colours_path(state_dir, service)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644)
