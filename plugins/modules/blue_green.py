@@ -19,7 +19,7 @@ description:
     (C(<state_dir>/rollouts/<service>.colours.json)); the colour it left is warm for
     O(scale_down_delay) seconds.
   - O(action=retired) records that the warm colour O(colour) was retired (its instances stopped once
-    its C(scale_down_delay) was over); O(action=plan) says which colour is due (RV(plan.retire)).
+    its C(scale_down_delay) was over); O(action=plan) says which colour is due (C(plan.retire)).
   - O(action=previous) returns the version the colour before the last switch runs (what a
     blue-green rollback switches back to).
   - Controller only; changes nothing outside the state directory.

@@ -20,7 +20,7 @@ description:
     again (counting from the start), at most O(inconclusive_limit) more times, then inconclusive
     fails the task too.
   - The task's result says the verdict (RV(verdict)) either way; a caller that switches back on a
-    failure reads RV(verdict.reason).
+    failure reads C(verdict.reason).
 extends_documentation_fragment:
   - berth.fleet.haproxy_runtime
 options:
@@ -91,8 +91,9 @@ attributes:
     support: full
     description: Runs in the controller's process (its action plugin), not as a module run.
   check_mode:
-    support: none
+    support: partial
     description: An analysis reads live traffic; in check mode it says it would run and reads nothing.
+    details: In check mode no load balancer is read and no verdict is given (the task is skipped).
   diff_mode:
     support: none
     description: Changes nothing.
@@ -230,7 +231,8 @@ def analyse(
                 break
         if verdict.status in (PASS, FAIL):
             break
-    assert verdict is not None
+    if verdict is None:  # the loop runs at least once
+        raise ModuleFailure(f"{backend}: no verdict")
     result = {
         "changed": False,
         "verdict": verdict.as_dict(),
@@ -261,7 +263,7 @@ def _reverter(forwards: list[Any], revert: dict[str, Any]) -> Callable[[], dict[
             RouteTarget(
                 f.target.name,
                 UnixSocketTransport(str(f.local_path)),
-                lambda path, content, forward=f: forward.write_file(path, content),
+                f.write_file,
             )
             for f in forwards
         ]

@@ -91,6 +91,10 @@ servers:
   description: Per backend of O(backends), every server's state, as M(berth.fleet.lb_info) returns it.
   returned: success
   type: dict
+maps:
+  description: Per map file of O(maps), its runtime entries (key to value).
+  returned: success
+  type: dict
 """
 
 from typing import Any

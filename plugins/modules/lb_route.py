@@ -24,9 +24,11 @@ description:
   - Reaches each load balancer's Runtime API socket as M(berth.fleet.lb_traffic) does (an OpenSSH
     forward with the host's own Ansible connection settings, host keys checked); the map file is
     written over the same connection.
-extends_documentation_fragment:
-  - berth.fleet.haproxy_runtime
 options:
+  socket:
+    description: Path of the HAProxy stats socket on the load balancers, configured with C(level admin).
+    type: path
+    default: /run/haproxy/admin.sock
   lbs:
     description: The load balancers, as the P(berth.fleet.ssh_targets#filter) filter gives them.
     type: list
@@ -164,7 +166,7 @@ def _target(forward: SocketForward) -> RouteTarget:
     return RouteTarget(
         forward.target.name,
         UnixSocketTransport(str(forward.local_path)),
-        lambda path, content: forward.write_file(path, content),
+        forward.write_file,
     )
 
 

@@ -397,7 +397,10 @@ def test_the_next_instance_drains_while_this_one_is_gated_and_the_invariant_hold
             {"service": "catalog", "rollout_batch_size": 3},
             "rollout_batch_size: expected 0 (max_unavailable) or a count from 1 to 1",
         ),
-        ({"service": "catalog", "strategy": "canary"}, "strategy: expected rolling or blue_green, got canary"),
+        (
+            {"service": "catalog", "strategy": "canary"},
+            "strategy: expected rolling or blue_green, got canary",
+        ),
         (
             {"service": "catalog", "strategy": "blue_green"},
             "strategy: catalog deploys rolling (environment.services.catalog.strategy in the inventory), "

@@ -127,7 +127,13 @@ class Counters:
 
     def __call__(self, command: str) -> str:
         if command.startswith("show servers state"):
-            return "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 be_orders_green 1 orders-5 10.0.0.5 2 0 1 1 10 6 3 4 6 0 0 0 - 8090 - 0 0 - - 0\n"
+            return (
+                "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "
+                "srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health "
+                "srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord "
+                "srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n"
+                "3 be_orders_green 1 orders-5 10.0.0.5 2 0 1 1 10 6 3 4 6 0 0 0 - 8090 - 0 0 - - 0\n"
+            )
         self.requests += self.per_read[0]
         self.errors += self.per_read[1]
         header = "# pxname,svname,status,req_tot,hrsp_5xx,\n"

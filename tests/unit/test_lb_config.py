@@ -153,7 +153,7 @@ def test_an_initial_file_is_written_only_where_missing_and_check_mode_validates_
     planned = apply(req("live be_orders_blue\n"), host, check_mode=True)
     assert planned.changed and not Path(routes).exists() and f"write {routes}" in planned.actions
     assert routes not in host.checked[0] and "map(" in host.checked[0]
-    assert not [p for p in Path("/tmp").glob(".berth-check.*.map")]  # the stand-in is gone
+    assert not list(Path("/tmp").glob(".berth-check.*.map"))  # the stand-in is gone
     # a real run writes it (before the config that needs it is checked) ...
     assert apply(req("live be_orders_blue\n"), FakeHost()).changed
     assert Path(routes).read_text() == "live be_orders_blue\n"

@@ -119,7 +119,7 @@ class Lb:
 
     def file(self) -> dict[str, str]:
         lines = [line.split() for line in Path(self.map).read_text().splitlines() if not line.startswith("#")]
-        return {key: value for key, value in lines}
+        return dict(lines)
 
 
 ROUTES = "/etc/haproxy/berth-routes/test.map"

@@ -474,9 +474,9 @@ def test_a_release_with_an_error_rate_fails_that_share_of_requests_but_not_its_h
     start_service: Callable[..., Service],
 ) -> None:
     service = start_service("v4")  # error_rate 0.1: every tenth request other than /health
-    statuses = [service.get("/")[0] for _ in range(50)]
+    statuses = [service.get("/")[0] for attempt in range(50)]
     assert statuses.count(500) == 5 and statuses.count(200) == 45
-    assert all(service.get("/health")[0] == 200 for _ in range(20))
+    assert all(service.get("/health")[0] == 200 for attempt in range(20))
     broken = start_service("v5")  # error_rate 1.0: every one (what smoke checks must catch)
-    assert [broken.get("/")[0] for _ in range(5)] == [500] * 5
+    assert [broken.get("/")[0] for attempt in range(5)] == [500] * 5
     assert broken.get("/health") == (200, {"status": "ok", "version": "v5"})
