@@ -118,6 +118,14 @@ def test_first_deploy_then_v2_switches_every_lb_at_once_under_load(lab: RolloutL
         assert reloaded.returncode == 0, reloaded.stderr
     assert set(served(lab).values()) == {"v2"} and set(map_files(lab).values()) == {"be_orders_blue"}
 
+    # --check --diff of a deploy to the other colour: says what would switch, changes nothing
+    looked = lab.deploy("-e", f"service={SERVICE}", "-e", "version=v1", "--check", "--diff")
+    assert looked.returncode == 0, looked.output[-6000:]
+    assert "v1 goes to green (now v1), the warm way back: a switch back" in text(looked)
+    assert re.search(r'^\+.*"live": "be_orders_green"', looked.output, re.M), looked.output[-4000:]  # diff
+    assert set(served(lab).values()) == {"v2"} and set(map_files(lab).values()) == {"be_orders_blue"}
+    assert record(lab)["switches"][-1]["to_version"] == "v2"
+
     again = lab.deploy("-e", f"service={SERVICE}", "-e", "version=v2")
     assert again.returncode == 0, again.output[-4000:]
     assert "it runs v2 already: repair it in place, no switch" in text(again)
