@@ -21,7 +21,8 @@ import yaml
 
 from tests.integration.lab import PlaybookRun, local_play, run_playbook
 
-# the lab of the shipped shape that test_rollout and test_rollout_jobs share (one provision and
+# the lab of the shipped shape that test_rollout, test_rollout_blue_green and test_rollout_jobs share
+# (they sort next to each other, so no other lab boots while it lives; one provision and
 # first deploy, ~2.5 min, instead of two): torn down right after the last test that uses it
 SHARED_LAB = "shared_lab"
 SHARED_LAB_STACK = pytest.StashKey[contextlib.ExitStack]()
@@ -154,7 +155,7 @@ def shared_lab(
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-    """After the last test that uses the shared lab: destroy it now (its 12 machines would hold the
+    """After the last test that uses the shared lab: destroy it now (its 16 machines would hold the
     host's inotify instances while the next modules boot labs of their own)."""
     yield
     stack = item.config.stash.get(SHARED_LAB_STACK, None)
