@@ -23,35 +23,8 @@ description:
     failure reads C(verdict.reason).
 extends_documentation_fragment:
   - berth.fleet.haproxy_runtime
+  - berth.fleet.lb_targets
 options:
-  lbs:
-    description: The load balancers, as the P(berth.fleet.ssh_targets#filter) filter gives them.
-    type: list
-    elements: dict
-    required: true
-    suboptions:
-      name:
-        description: Inventory name.
-        type: str
-        required: true
-      address:
-        description: Address ssh connects to.
-        type: str
-        required: true
-      port:
-        description: SSH port.
-        type: int
-      user:
-        description: SSH user.
-        type: str
-      private_key:
-        description: Path of the SSH private key on the controller.
-        type: path
-      args:
-        description: Further ssh arguments (C(ansible_ssh_common_args) and C(ansible_ssh_extra_args), split).
-        type: list
-        elements: str
-        default: []
   backend:
     description: The backend to judge.
     type: str
@@ -150,7 +123,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.common.sshforward impo
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.counters import read_counters
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.routes import (
-    RouteTarget,
+    forwarded_target,
     switch_routes,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
@@ -259,14 +232,7 @@ def analyse(
 
 def _reverter(forwards: list[Any], revert: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     def switch_back() -> dict[str, Any]:
-        targets = [
-            RouteTarget(
-                f.target.name,
-                UnixSocketTransport(str(f.local_path)),
-                f.write_file,
-            )
-            for f in forwards
-        ]
+        targets = [forwarded_target(f) for f in forwards]
         try:
             outcome = switch_routes(
                 targets,

@@ -24,39 +24,13 @@ description:
   - Reaches each load balancer's Runtime API socket as M(berth.fleet.lb_traffic) does (an OpenSSH
     forward with the host's own Ansible connection settings, host keys checked); the map file is
     written over the same connection.
+extends_documentation_fragment:
+  - berth.fleet.lb_targets
 options:
   socket:
     description: Path of the HAProxy stats socket on the load balancers, configured with C(level admin).
     type: path
     default: /run/haproxy/admin.sock
-  lbs:
-    description: The load balancers, as the P(berth.fleet.ssh_targets#filter) filter gives them.
-    type: list
-    elements: dict
-    required: true
-    suboptions:
-      name:
-        description: Inventory name.
-        type: str
-        required: true
-      address:
-        description: Address ssh connects to.
-        type: str
-        required: true
-      port:
-        description: SSH port.
-        type: int
-      user:
-        description: SSH user.
-        type: str
-      private_key:
-        description: Path of the SSH private key on the controller.
-        type: path
-      args:
-        description: Further ssh arguments (C(ansible_ssh_common_args) and C(ansible_ssh_extra_args), split).
-        type: list
-        elements: str
-        default: []
   action:
     description: V(switch) sets O(routes) everywhere; V(show) reads the map of every load balancer.
     type: str
@@ -134,19 +108,17 @@ from ansible_collections.berth.fleet.plugins.module_utils.common.failure import 
 from ansible_collections.berth.fleet.plugins.module_utils.common.sshforward import (
     TARGET_OPTIONS,
     ForwardError,
-    SocketForward,
     forwards_of,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.routes import (
-    RouteTarget,
     SwitchError,
     entries_problem,
+    forwarded_target,
     read_map,
     switch_routes,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
     HaproxyError,
-    UnixSocketTransport,
 )
 
 ARGUMENT_SPEC: dict[str, Any] = {
@@ -160,14 +132,6 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "persist": {"type": "int", "default": 120},
 }
 REQUIRED_IF: list[tuple[str, Any, list[str]]] = [("action", "switch", ["routes"])]
-
-
-def _target(forward: SocketForward) -> RouteTarget:
-    return RouteTarget(
-        forward.target.name,
-        UnixSocketTransport(str(forward.local_path)),
-        forward.write_file,
-    )
 
 
 def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
@@ -185,7 +149,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
             unreachable.append(str(exc))
     if unreachable:
         raise ModuleFailure("nothing was switched: " + "; ".join(unreachable))
-    targets = [_target(forward) for forward in forwards]
+    targets = [forwarded_target(forward) for forward in forwards]
     path = params["map"]
     try:
         if params["action"] == "show":

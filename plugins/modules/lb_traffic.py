@@ -26,35 +26,8 @@ description:
     outcome there afterwards, as the action plugin of M(berth.fleet.lb_step) does.
 extends_documentation_fragment:
   - berth.fleet.haproxy_runtime
+  - berth.fleet.lb_targets
 options:
-  lbs:
-    description: The load balancers, as the P(berth.fleet.ssh_targets#filter) filter gives them.
-    type: list
-    elements: dict
-    required: true
-    suboptions:
-      name:
-        description: Inventory name.
-        type: str
-        required: true
-      address:
-        description: Address ssh connects to.
-        type: str
-        required: true
-      port:
-        description: SSH port.
-        type: int
-      user:
-        description: SSH user.
-        type: str
-      private_key:
-        description: Path of the SSH private key on the controller.
-        type: path
-      args:
-        description: Further ssh arguments (C(ansible_ssh_common_args) and C(ansible_ssh_extra_args), split).
-        type: list
-        elements: str
-        default: []
   action:
     description: V(step) does the traffic step; V(close) ends the forwards of O(lbs).
     type: str

@@ -172,6 +172,13 @@ def _offset() -> str:
     return "" if time.localtime().tm_gmtoff == 0 else f"{time.localtime().tm_gmtoff / 3600:+.0f}"
 
 
+def _write_record(state_dir: str, service: str, record: dict[str, Any]) -> dict[str, Any]:
+    path = colours_path(state_dir, service)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644)
+    return record
+
+
 def record_switch(
     state_dir: str,
     service: str,
@@ -194,20 +201,14 @@ def record_switch(
         "retired": "",
         "switches": switches,
     }
-    path = colours_path(state_dir, service)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644)
-    return record
+    return _write_record(state_dir, service, record)
 
 
 def record_retired(state_dir: str, service: str, colour: str, now: float | None = None) -> dict[str, Any]:
     """The warm colour retired (its instances stopped): no switch back to it without a deploy."""
     record = dict(read_record(state_dir, service))
     record.update(retired=colour, retired_at=time.time() if now is None else now, warm="", warm_until=0)
-    path = colours_path(state_dir, service)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644)
-    return record
+    return _write_record(state_dir, service, record)
 
 
 def previous_version(record: Mapping[str, Any]) -> str:

@@ -18,9 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from ansible_collections.berth.fleet.plugins.module_utils.common.sshforward import SocketForward
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import (
     HaproxyError,
     Transport,
+    UnixSocketTransport,
     refusal,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.state import read_servers
@@ -103,6 +105,12 @@ class RouteTarget:
     name: str
     transport: Transport
     write: Callable[[str, str], None]  # (path, content), atomically
+
+
+def forwarded_target(forward: SocketForward) -> RouteTarget:
+    """A load balancer reached from the controller: its forwarded Runtime API socket, and files
+    written over the same OpenSSH master."""
+    return RouteTarget(forward.target.name, UnixSocketTransport(str(forward.local_path)), forward.write_file)
 
 
 @dataclass
