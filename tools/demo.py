@@ -3,13 +3,16 @@
 1. every environment's placement, as tables;
 2. the artifacts, built once per version;
 3. provision the lab (nspawn machines in 2 DCs, one HAProxy per DC);
-4. deploy catalog and orders v1 behind the load balancers (a first deploy);
+4. deploy catalog, orders and payments v1 behind the load balancers (a first deploy);
 5. start an independent load generator (short requests + 5 s requests through both LBs), roll
    catalog v1 -> v2, stop the load and print what it saw and where the rollout's time went, and
    where its rollout report is (the timeline page);
 6. orders is blue-green: v2 goes to its idle colour, every LB switches to it at once, and
    rollback.yml switches back to the warm colour, both under the same load (the load says when each
    LB's users got which version);
+   payments is canary: v2 takes 10 %, then 30 % of the requests beside a fresh v1 baseline, passes
+   its analyses and is promoted; v4, which fails one request in ten, is aborted by its analysis
+   (the load counts the answers of each version);
 7. lose a catalog machine (removed with its disk) and reconcile under the same load: the machine
    is recreated, gets v2 and goes back into rotation;
 8. destroy the lab, unless --keep.
@@ -43,12 +46,19 @@ def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def playbook(*args: str, quiet: bool = True) -> float:
+def playbook(*args: str, quiet: bool = True, fails_with: str = "") -> float:
+    """Run ansible-playbook; its seconds. ``fails_with``: the run must fail, saying this (printed)."""
     started = time.monotonic()
     result = subprocess.run(
         [str(BIN / "ansible-playbook"), *args], cwd=ROOT, capture_output=quiet, text=True, check=False
     )
     seconds = time.monotonic() - started
+    if fails_with:
+        said = " ".join((result.stdout + result.stderr).split())
+        if result.returncode == 0 or fails_with not in said:
+            raise SystemExit(f"ansible-playbook {' '.join(args)} was to fail with {fails_with!r}")
+        print("  the run said: " + said[said.index(fails_with) :].split("(the canary record", maxsplit=1)[0][:600])
+        return seconds
     if result.returncode != 0:
         if quiet:
             print(result.stdout[-4000:], result.stderr[-2000:])
@@ -56,12 +66,14 @@ def playbook(*args: str, quiet: bool = True) -> float:
     return seconds
 
 
-def under_load(argv: list[str], report: Path, *args: str) -> tuple[float, dict[str, dict[str, int]]]:
+def under_load(
+    argv: list[str], report: Path, *args: str, fails_with: str = ""
+) -> tuple[float, dict[str, Any]]:
     """Run a playbook while the load generator runs; its seconds and what the load saw."""
     load = subprocess.Popen([*argv, "--out", str(report)])
     try:
         time.sleep(3)
-        seconds = playbook(*args)
+        seconds = playbook(*args, fails_with=fails_with)
         time.sleep(1)
     finally:
         load.send_signal(signal.SIGTERM)
@@ -137,6 +149,47 @@ def blue_green(
             print(f"  users of {target} got: " + " -> ".join(f"{v} (from +{t:.2f} s)" for t, v in changes))
 
 
+def canary(hostvars: dict[str, Any], namespace: str, lbs: list[str], env: list[str], workdir: Path) -> None:
+    """payments is canary in the lab: a good v2 takes 10 %, then 30 % of the requests, passes its
+    analyses and is promoted; v4 (one request in ten fails) is aborted by its first measurement."""
+    spec = next(v["berth_service_spec"] for v in hostvars.values() if v.get("berth_service") == "payments")
+    if spec["strategy"]["kind"] != "canary":
+        return
+    argv = ["nsenter", f"--net=/run/netns/{namespace}", "/usr/bin/python3", str(LOADGEN)]
+    for lb in lbs:
+        address = hostvars[lb]["ansible_host"]
+        argv += ["--target", f"http://{address}:{spec['port']}", "--stats", f"http://{address}:8404/stats"]
+    argv += ["--backend", "be_payments", "--rate", "200", "--slow-rate", "4", "--slow-seconds", "5"]
+    for title, version, name, fails_with in (
+        (
+            "canary: payments v2 beside a fresh v1 baseline, 10 %, analysis, 30 %, analysis, promoted",
+            "v2",
+            "c-v2",
+            "",
+        ),
+        ("canary: payments v4 (fails one request in ten), aborted by its analysis", "v4", "c-v4", "ABORTED"),
+    ):
+        step(f"{title}, under 200 req/s + 4 req/s of 5 s requests (retries 0, no redispatch)")
+        seconds, seen = under_load(
+            argv,
+            workdir / f"load-{name}.json",
+            *env,
+            "playbooks/deploy.yml",
+            "-e",
+            "service=payments",
+            "-e",
+            f"version={version}",
+            fails_with=fails_with,
+        )
+        failed = sum(seen[kind]["non_2xx"] + seen[kind]["errors"] for kind in ("short", "long"))
+        sent = sum(seen[kind]["sent"] for kind in ("short", "long"))
+        print(f"done in {seconds:.1f} s; {sent} requests meanwhile, {failed} failed")
+        answered = ", ".join(
+            f"{v}: {c['ok']} ok, {c['failed']} failed" for v, c in sorted(seen["answers"].items())
+        )
+        print(f"  answers by version: {answered}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="lab")
@@ -153,12 +206,12 @@ def main() -> None:
 
     step("placement of every environment (inventories/*/topology.berth.yml)")
     placement_tables()
-    step("artifacts: built once per version (catalog and orders, v1 v2 v3)")
+    step("artifacts: built once per version (catalog, orders and payments, v1 to v5)")
     print(f"done in {playbook('playbooks/build_artifacts.yml'):.1f} s")
     try:
         step(f"provision the {args.env} estate on this machine")
         print(f"provisioned in {playbook(*env, 'playbooks/provision.yml'):.1f} s")
-        for service in ("catalog", "orders"):
+        for service in ("catalog", "orders", "payments"):
             step(f"deploy {service} v1 behind the load balancers")
             seconds = playbook(*env, "playbooks/deploy.yml", "-e", f"service={service}", "-e", "version=v1")
             print(f"deployed in {seconds:.1f} s")
@@ -195,6 +248,7 @@ def main() -> None:
         print_report(journal, workdir / "rollout-catalog-v2")
 
         blue_green(hostvars, namespace, lbs, env, workdir)
+        canary(hostvars, namespace, lbs, env, workdir)
 
         lost = min(h for h, v in hostvars.items() if v.get("berth_service") == "catalog")
         node = str(hostvars[lost]["berth_node"])

@@ -79,14 +79,18 @@ class Load:
         # per target (load balancer): when the version that answered changed, [[t, version], ...]
         # (which colour or release each LB served, from the answers themselves)
         self.versions: dict[str, list[list[Any]]] = {}
+        self.answers: dict[str, dict[str, int]] = {}
         self.versions_lock = threading.Lock()
 
     def saw_version(self, target: str, status: int, body: bytes) -> None:
-        if status != 200:
-            return
         try:
             version = str(json.loads(body).get("version", ""))
         except (ValueError, AttributeError):
+            return
+        with self.versions_lock:  # every answer that says its version, by version: ok or failed
+            counted = self.answers.setdefault(version, {"ok": 0, "failed": 0})
+            counted["ok" if status == 200 else "failed"] += 1
+        if status != 200:
             return
         with self.versions_lock:
             changes = self.versions.setdefault(target, [])
@@ -237,6 +241,7 @@ class Load:
                 for url, after in self.counters().items()
             },
             "versions": self.versions,
+            "answers": self.answers,
         }
 
 

@@ -34,4 +34,10 @@ options:
         type: list
         elements: str
         default: []
+  persist:
+    description:
+      - Seconds an idle forward (its OpenSSH master) stays up after the task, for the next task that
+        reaches the same load balancers.
+    type: int
+    default: 120
 """

@@ -78,6 +78,12 @@ options:
         gate. With V(false) a failing release is left as it is (running, on O(version)) for inspection.
     type: bool
     default: true
+  restart:
+    description:
+      - Stop and start the instance even when it is already on O(version), active and healthy (a
+        fresh process - the baseline of a canary starts at the same moment as the canary).
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -216,6 +222,7 @@ ARGUMENT_SPEC = {
     "unit": {"type": "str", "required": True},
     "health": {"type": "dict", "required": True, "options": HEALTH_OPTIONS},
     "revert_on_failure": {"type": "bool", "default": True},
+    "restart": {"type": "bool", "default": False},
 }
 
 
@@ -230,6 +237,7 @@ def main():
         unit=params["unit"],
         health=GatePolicy(**params["health"]),
         revert_on_failure=params["revert_on_failure"],
+        restart=params["restart"],
     )
     systemctl = Systemctl(subprocess_runner, module.get_bin_path("systemctl", required=True))
     try:

@@ -55,10 +55,6 @@ options:
         in between while users meet the failing release) - C(map), C(routes) and C(expect) as for
         M(berth.fleet.lb_route). The result's RV(switched_back) says how it went.
     type: dict
-  persist:
-    description: Seconds an idle OpenSSH master stays after the task (see M(berth.fleet.lb_traffic)).
-    type: int
-    default: 120
 attributes:
   action:
     support: full
@@ -117,7 +113,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure, exit_module
 from ansible_collections.berth.fleet.plugins.module_utils.common.sshforward import (
-    TARGET_OPTIONS,
+    FORWARD_ARGS,
     ForwardError,
     forwards_of,
 )
@@ -141,7 +137,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner.analysis impor
 )
 
 ARGUMENT_SPEC: dict[str, Any] = {
-    "lbs": {"type": "list", "elements": "dict", "required": True, "options": TARGET_OPTIONS},
+    **FORWARD_ARGS,
     "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
     "backend": {"type": "str", "required": True},
     "window": {"type": "float", "required": True},
@@ -150,7 +146,6 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "min_requests": {"type": "int", "required": True},
     "inconclusive_limit": {"type": "int", "default": 2},
     "revert": {"type": "dict"},
-    "persist": {"type": "int", "default": 120},
 }
 REQUIRED_IF: list[tuple[str, Any, list[str]]] = []
 

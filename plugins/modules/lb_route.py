@@ -52,10 +52,6 @@ options:
         switch to go ahead (the one O(routes) sends users to).
     type: str
     default: ""
-  persist:
-    description: Seconds an idle OpenSSH master stays after the task (see M(berth.fleet.lb_traffic)).
-    type: int
-    default: 120
 attributes:
   action:
     support: full
@@ -106,7 +102,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure, exit_module
 from ansible_collections.berth.fleet.plugins.module_utils.common.sshforward import (
-    TARGET_OPTIONS,
+    FORWARD_ARGS,
     ForwardError,
     forwards_of,
 )
@@ -122,14 +118,13 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtim
 )
 
 ARGUMENT_SPEC: dict[str, Any] = {
-    "lbs": {"type": "list", "elements": "dict", "required": True, "options": TARGET_OPTIONS},
+    **FORWARD_ARGS,
     "action": {"type": "str", "choices": ["switch", "show"], "default": "switch"},
     "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
     "map": {"type": "path", "required": True},
     "routes": {"type": "dict"},
     "expect": {"type": "dict"},
     "serving": {"type": "str", "default": ""},
-    "persist": {"type": "int", "default": 120},
 }
 REQUIRED_IF: list[tuple[str, Any, list[str]]] = [("action", "switch", ["routes"])]
 

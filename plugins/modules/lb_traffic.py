@@ -59,10 +59,6 @@ options:
     description: Seconds between two reads of the backend's servers.
     type: float
     default: 0.1
-  persist:
-    description: Seconds an idle forward stays up for the next step before its master leaves.
-    type: int
-    default: 120
   journal:
     description:
       - Where the step reports to a rollout journal - C(state_dir), C(service), C(step), and
@@ -131,7 +127,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure, exit_module
 from ansible_collections.berth.fleet.plugins.module_utils.common.sshforward import (
-    TARGET_OPTIONS,
+    FORWARD_ARGS,
     ForwardError,
     SocketForward,
     forwards_of,
@@ -146,7 +142,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner.report import 
 
 Said = Callable[[str], None]
 ARGUMENT_SPEC: dict[str, Any] = {
-    "lbs": {"type": "list", "elements": "dict", "required": True, "options": TARGET_OPTIONS},
+    **FORWARD_ARGS,
     "action": {"type": "str", "choices": ["step", "close"], "default": "step"},
     "socket": {"type": "path", "default": "/run/haproxy/admin.sock"},
     "backend": {"type": "str", "required": True},
@@ -156,7 +152,6 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "ready_timeout": {"type": "float", "default": 60},
     "drain_timeout": {"type": "float", "default": 300},
     "poll_interval": {"type": "float", "default": 0.1},
-    "persist": {"type": "int", "default": 120},
     "journal": {"type": "dict"},
 }
 REQUIRED_IF: list[tuple[str, Any, list[str]]] = []

@@ -21,7 +21,8 @@ import yaml
 
 from tests.integration.lab import PlaybookRun, local_play, run_playbook
 
-# the lab of the shipped shape that test_rollout, test_rollout_blue_green and test_rollout_jobs share
+# the lab of the shipped shape that test_rollout, test_rollout_blue_green, test_rollout_canary and
+# test_rollout_jobs share
 # (they sort next to each other, so no other lab boots while it lives; one provision and
 # first deploy, ~2.5 min, instead of two): torn down right after the last test that uses it
 SHARED_LAB = "shared_lab"

@@ -398,8 +398,8 @@ def test_the_next_instance_drains_while_this_one_is_gated_and_the_invariant_hold
             "rollout_batch_size: expected 0 (max_unavailable) or a count from 1 to 1",
         ),
         (
-            {"service": "catalog", "strategy": "canary"},
-            "strategy: expected rolling or blue_green, got canary",
+            {"service": "catalog", "strategy": "green_blue"},
+            "strategy: expected rolling, blue_green or canary, got green_blue",
         ),
         (
             {"service": "catalog", "strategy": "blue_green"},
@@ -605,36 +605,6 @@ def test_reconcile_refuses_an_unfinished_rollout(rollout_lab: RolloutLab) -> Non
         -3000:
     ]
     assert "PLAY [Provision" not in refused.output  # nothing touched
-
-
-# --- the CI shape: two instances of a service on one node -----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ci_lab(
-    lab_run_id: str, lab_image: dict[str, Any], lab_workdir: Path, lab_metrics: Any
-) -> Iterator[RolloutLab]:
-    with provisioned_lab("ci", f"c{lab_run_id}", lab_workdir, lab_metrics) as lab:
-        yield lab
-
-
-def test_the_ci_shape_rolls_and_rolls_back_with_both_instances_on_one_node(
-    ci_lab: RolloutLab, lab_metrics: Any
-) -> None:
-    lab = ci_lab
-    members = lab.instances("catalog")
-    assert len({lab.hostvars[host]["berth_node"] for host in members}) == 1 and len(members) == 2
-    rollout, report = lab.deploy_under_load("ci-v2", "-e", "service=catalog", "-e", "version=v2")
-    assert rollout.returncode == 0, rollout.output[-6000:]
-    assert_no_request_lost(report)
-    assert set(lab.versions("catalog").values()) == {"v2"}
-    assert assert_capacity_held(lab, report, max_unavailable=1) == 1
-    back = lab.deploy("-e", "service=catalog", playbook=ROLLBACK)
-    assert back.returncode == 0, back.output[-4000:]
-    assert set(lab.versions("catalog").values()) == {"v1"}
-    lab_metrics.add(
-        f"CI shape (2 instances on one node): rollout under load {rollout.seconds} s, 0 failed; rollback {back.seconds} s"
-    )
 
 
 def test_the_rollout_report_of_the_last_rollout_is_next_to_its_journal_and_renders(

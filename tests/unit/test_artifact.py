@@ -398,7 +398,10 @@ def test_playbook_builds_every_version_then_changes_nothing(tmp_path: Path) -> N
     versions = yaml.safe_load((ROOT / "services" / "sample" / "versions.yml").read_text())["versions"]
     assert set(versions) >= {"v1", "v2", "v3", "v4", "v5"}
     assert names == sorted(
-        f"{svc}-{v}.tar.gz{ext}" for svc in ("catalog", "orders") for v in versions for ext in ("", ".sha256")
+        f"{svc}-{v}.tar.gz{ext}"
+        for svc in ("catalog", "orders", "payments")
+        for v in versions
+        for ext in ("", ".sha256")
     )
     for tarball in dest.glob("*.tar.gz"):
         verify_artifact(tarball)

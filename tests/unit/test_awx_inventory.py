@@ -93,10 +93,16 @@ def view(listing: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[set[s
     return hostvars, groups
 
 
-def colours(policy: dict[str, Any]) -> int:
-    """A blue-green service has two colours of its instance count, a rolling one one."""
+def instance_count(policy: dict[str, Any]) -> int:
+    """A blue-green service has two colours of its instance count, a canary one its count plus the
+    canary and its baseline, a rolling one its count."""
     strategy = policy.get("strategy", "rolling")
-    return 2 if isinstance(strategy, dict) and "blue_green" in strategy else 1
+    count = int(policy["instances"])
+    if isinstance(strategy, dict) and "blue_green" in strategy:
+        return 2 * count
+    if isinstance(strategy, dict) and "canary" in strategy:
+        return count + (2 if strategy["canary"].get("baseline", True) else 1)
+    return count
 
 
 def check_against_spec(exported: dict[str, Any], spec: dict[str, Any]) -> None:
@@ -106,12 +112,7 @@ def check_against_spec(exported: dict[str, Any], spec: dict[str, Any]) -> None:
     environment, services = spec["environment"], spec["services"]
     datacenters = spec["estate"]["datacenters"]
     instances = {
-        name: [
-            f"{name}-{n}"
-            for n in range(
-                1, colours(environment["services"][name]) * environment["services"][name]["instances"] + 1
-            )
-        ]
+        name: [f"{name}-{n}" for n in range(1, instance_count(environment["services"][name]) + 1)]
         for name in services
     }
     lbs = {lb: dc for dc, body in datacenters.items() for lb in body.get("loadbalancers", {})}

@@ -64,13 +64,27 @@ def test_dev_runs_one_per_service(envs: dict[str, dict[str, Any]]) -> None:
 def test_lab_is_prod_shaped(envs: dict[str, dict[str, Any]]) -> None:
     lab = envs["lab"]
     hostvars = lab["_meta"]["hostvars"]
-    # catalog x 4 rolling; orders x 4 blue-green: two colours of 4, each spread 2 + 2 over the DCs
+    # catalog x 4 rolling; orders x 2 blue-green: two colours of 2, each spread 1 + 1 over the DCs;
+    # payments x 2 canary: 2 stable spread 1 + 1, and a canary and a baseline
     assert len(hosts_of(lab, "instances")) == 12
     for colour in ("blue", "green"):
         members = hosts_of(lab, f"colour_orders_{colour}")
-        assert len(members) == 4 and all(hostvars[h]["berth_colour"] == colour for h in members)
-        assert sorted(hostvars[h]["berth_dc"] for h in members) == ["dc1", "dc1", "dc2", "dc2"]
-    assert len({hostvars[h]["berth_node"] for h in hosts_of(lab, "svc_orders")}) == 8
+        assert len(members) == 2 and all(hostvars[h]["berth_colour"] == colour for h in members)
+        assert sorted(hostvars[h]["berth_dc"] for h in members) == ["dc1", "dc2"]
+    assert len({hostvars[h]["berth_node"] for h in hosts_of(lab, "svc_orders")}) == 4
+    stable = hosts_of(lab, "track_payments_stable")
+    assert sorted(hostvars[h]["berth_dc"] for h in stable) == ["dc1", "dc2"]
+    assert hosts_of(lab, "track_payments_canary") == ["payments-3"]
+    assert hosts_of(lab, "track_payments_baseline") == ["payments-4"]
+    assert all(hostvars[h]["berth_track"] == "stable" for h in stable)
+    spec = hostvars["payments-1"]["berth_service_spec"]
+    assert spec["tracks"]["canary"] == {"group": "track_payments_canary"}
+    assert [next(iter(step)) for step in spec["strategy"]["canary"]["steps"]] == [
+        "weight",
+        "analysis",
+        "weight",
+        "analysis",
+    ]
     assert hosts_of(lab, "lb_dc1") == ["lb-dc1"] and hosts_of(lab, "lb_dc2") == ["lb-dc2"]
     assert hosts_of(lab, "execution_dc1") == ["exec-dc1"] and hosts_of(lab, "execution_dc2") == ["exec-dc2"]
     addresses = [hostvars[h]["ansible_host"] for h in hostvars]

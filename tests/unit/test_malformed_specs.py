@@ -41,7 +41,7 @@ CORPUS: dict[str, tuple[Any, str]] = {
     ),
     "strategy-unknown": (
         {"environment.services.orders.strategy": "blue-green"},
-        "environment.services.orders.strategy: expected one of rolling, blue_green, got 'blue-green'; "
+        "environment.services.orders.strategy: expected one of rolling, blue_green, canary, got 'blue-green'; "
         "did you mean 'blue_green'?",
     ),
     "strategy-two-names": (
@@ -52,9 +52,128 @@ CORPUS: dict[str, tuple[Any, str]] = {
         {"environment.services.orders.strategy": "blue_green"},
         "environment.services.orders.strategy: the blue_green strategy needs its settings",
     ),
-    "strategy-canary-not-yet": (
-        {"environment.services.orders.strategy": {"canary": {"steps": [{"weight": 5}]}}},
-        "environment.services.orders.strategy: expected one of rolling, blue_green, got 'canary'",
+    "canary-weights-not-increasing": (
+        {"environment.services.orders.strategy": {"canary": {"steps": [{"weight": 20}, {"weight": 10}]}}},
+        "environment.services.orders.strategy.canary.steps[1].weight: expected weights that increase: "
+        "more than 20, got 10",
+    ),
+    "canary-weight-over-100": (
+        {"environment.services.orders.strategy": {"canary": {"steps": [{"weight": 120}]}}},
+        "environment.services.orders.strategy.canary.steps[0].weight: expected an integer between 1 and 100, "
+        "got 120",
+    ),
+    "canary-weight-over-half-beside-a-baseline": (
+        {"environment.services.orders.strategy": {"canary": {"steps": [{"weight": 60}]}}},
+        "environment.services.orders.strategy.canary.steps[0].weight: expected at most 49 (the baseline takes "
+        "as much as the canary, the stable instances the rest) or 100 (the promotion), got 60",
+    ),
+    "canary-promotion-not-last": (
+        {"environment.services.orders.strategy": {"canary": {"steps": [{"weight": 100}, {"pause": 5}]}}},
+        "environment.services.orders.strategy.canary.steps[0].weight: 100 promotes the canary: "
+        "it can only be the last step",
+    ),
+    "canary-analysis-without-metrics": (
+        {"environment.services.orders.strategy": {"canary": {"steps": [{"weight": 10}, {"analysis": {}}]}}},
+        "environment.services.orders.strategy.canary.steps[1].analysis.metrics: an analysis needs at least "
+        "one metric (in the step, or in the canary's analysis)",
+    ),
+    "canary-analysis-before-any-weight": (
+        {
+            "environment.services.orders.strategy": {
+                "canary": {
+                    "analysis": {"metrics": [{"metric": "error_rate", "fail": 0.05}]},
+                    "steps": [{"analysis": {}}, {"weight": 10}],
+                }
+            }
+        },
+        "environment.services.orders.strategy.canary.steps[0]: an analysis before the first weight step "
+        "would judge a canary no request reaches",
+    ),
+    "canary-unknown-metric": (
+        {
+            "environment.services.orders.strategy": {
+                "canary": {
+                    "steps": [{"weight": 10}, {"analysis": {"metrics": [{"metric": "latency", "fail": 1}]}}]
+                }
+            }
+        },
+        "environment.services.orders.strategy.canary.steps[1].analysis.metrics[0].metric: expected one of "
+        "error_rate, error_rate_vs_baseline, response_time, response_time_vs_baseline, got 'latency'",
+    ),
+    "canary-pass-above-fail": (
+        {
+            "environment.services.orders.strategy": {
+                "canary": {
+                    "analysis": {"metrics": [{"metric": "error_rate", "pass": 0.2, "fail": 0.05}]},
+                    "steps": [{"weight": 10}, {"analysis": {}}],
+                }
+            }
+        },
+        "environment.services.orders.strategy.canary.analysis.metrics[0].pass: expected at most fail (0.05)",
+    ),
+    "canary-rate-over-one": (
+        {
+            "environment.services.orders.strategy": {
+                "canary": {
+                    "analysis": {"metrics": [{"metric": "error_rate", "fail": 5}]},
+                    "steps": [{"weight": 10}, {"analysis": {}}],
+                }
+            }
+        },
+        "environment.services.orders.strategy.canary.analysis.metrics[0].fail: expected a rate from 0 to 1",
+    ),
+    "canary-no-room-for-a-passing-measurement": (
+        {
+            "environment.services.orders.strategy": {
+                "canary": {
+                    "analysis": {
+                        "count": 2,
+                        "inconclusive_limit": 2,
+                        "metrics": [{"metric": "error_rate", "fail": 0.05}],
+                    },
+                    "steps": [{"weight": 10}, {"analysis": {}}],
+                }
+            }
+        },
+        "environment.services.orders.strategy.canary.steps[1].analysis.count: expected more than failure_limit + "
+        "inconclusive_limit (0 + 2) measurements, got 2: an analysis with no passing measurement would pass",
+    ),
+    "canary-against-a-baseline-it-does-not-have": (
+        {
+            "environment.services.orders.strategy": {
+                "canary": {
+                    "baseline": False,
+                    "analysis": {"metrics": [{"metric": "error_rate_vs_baseline", "fail": 0.01}]},
+                    "steps": [{"weight": 10}, {"analysis": {}}],
+                }
+            }
+        },
+        "environment.services.orders.strategy.canary.analysis.metrics[0].metric: error_rate_vs_baseline compares "
+        "with the baseline, and baseline is false",
+    ),
+    "canary-unknown-step": (
+        {"environment.services.orders.strategy": {"canary": {"steps": [{"weight": 10}, {"wait": 5}]}}},
+        "environment.services.orders.strategy.canary.steps[1]: expected a mapping with one key, weight, pause, "
+        "analysis, got",
+    ),
+    "canary-pause-not-seconds": (
+        {
+            "environment.services.orders.strategy": {
+                "canary": {"steps": [{"weight": 10}, {"pause": "forever"}]}
+            }
+        },
+        "environment.services.orders.strategy.canary.steps[1].pause: expected seconds or until_resumed, "
+        "got string 'forever'",
+    ),
+    "canary-no-steps": (
+        {"environment.services.orders.strategy": {"canary": {"steps": []}}},
+        "environment.services.orders.strategy.canary.steps: expected a list of steps such as",
+    ),
+    "canary-no-room-for-the-canary": (
+        {"environment.services.catalog.strategy": {"canary": {"steps": [{"weight": 10}]}}},
+        "environment.services.catalog.strategy: canary needs a canary instance and a baseline instance of "
+        "catalog on machines of their own, and the estate has no room for it: 6 instances but only 4 usable "
+        "hypervisor machine(s)",
     ),
     "blue-green-needs-preview-port": (
         {"environment.services.orders.strategy": {"blue_green": {}}},

@@ -133,3 +133,10 @@ def read_json_object(path: Path, what: str) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise JsonFileError(f"{path} is not {what}: not a JSON object")
     return data
+
+
+def write_json_object(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
+    """``data`` as the JSON object of ``path`` (indented, keys sorted), written atomically; the
+    directory is made when missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=mode)

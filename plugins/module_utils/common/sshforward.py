@@ -217,6 +217,13 @@ TARGET_OPTIONS: dict[str, Any] = {
     "args": {"type": "list", "elements": "str", "default": []},
 }
 
+# the arguments of a controller-side module that reaches every LB through its forwards (documented
+# by the doc fragment berth.fleet.lb_targets)
+FORWARD_ARGS: dict[str, Any] = {
+    "lbs": {"type": "list", "elements": "dict", "required": True, "options": TARGET_OPTIONS},
+    "persist": {"type": "int", "default": 120},
+}
+
 
 def forwards_of(lbs: list[Mapping[str, Any]], remote: str, persist: int = 120) -> list[SocketForward]:
     """A forward of ``remote`` (the Runtime API socket) per load balancer of a module's ``lbs``."""

@@ -64,6 +64,20 @@ class UnitState:
         return f"{self.active_state} ({self.sub_state})" if self.sub_state else self.active_state
 
 
+# systemd's own lines about a unit that restarts, which say nothing of why it stopped
+RESTART_NOISE = (
+    "Scheduled restart job",
+    "Stopped ",
+    "Started ",
+    "Starting ",
+    "Failed with result",
+    "Start request repeated",
+    "Deactivated successfully",
+    "Consumed ",
+    "Failed to start ",
+)
+
+
 class Systemctl:
     """``systemctl`` for one unit at a time; each change returns the seconds it took."""
 
@@ -113,12 +127,20 @@ class Systemctl:
         return self._timed([self.binary, "daemon-reload"])
 
     def last_lines(self, unit: str, lines: int = 6) -> list[str]:
-        """The unit's last journal lines (what a process that died said), best effort: [] if none."""
+        """What a process that died said, best effort ([] if nothing): the last lines of the unit's
+        journal that are not systemd's restart bookkeeping (a unit restarted 8 times ends in 40 such
+        lines, and the reason - the process's own error, or systemd's "Failed at step ..." - is
+        above them), then the journal's last two lines."""
         try:
-            result = self.runner(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u", unit])
+            result = self.runner(["journalctl", "--no-pager", "-o", "cat", "-n", "300", "-u", unit])
         except OSError:
             return []
-        return [line for line in result.stdout.splitlines() if line.strip()][-lines:]
+        every = [line for line in result.stdout.splitlines() if line.strip()]
+        said: list[str] = []
+        for line in every:
+            if not any(noise in line for noise in RESTART_NOISE) and line not in said:
+                said.append(line)
+        return [*said[-(lines - 2) :], *(line for line in every[-2:] if line not in said)]
 
     def _timed(self, argv: list[str]) -> float:
         started = self.clock()

@@ -20,6 +20,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.names import (
     lb_node,
     lb_substrate,
     libvirt_network,
+    track_group,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.model.placement import place
 from ansible_collections.berth.fleet.plugins.module_utils.model.source import AsWritten
@@ -150,6 +151,8 @@ def _instance_vars(topology: Topology, instance: Instance, machine: Machine) -> 
     }
     if instance.colour:
         host_vars["berth_colour"] = instance.colour
+    if instance.track:
+        host_vars["berth_track"] = instance.track
     if machine.virt is not None:
         host_vars["berth_hypervisor"] = _hypervisor_vars(topology, machine, machine.virt)
     if machine.kind == "metal":
@@ -226,6 +229,10 @@ def _services(topology: Topology) -> dict[str, Any]:
                     "group": colour_group(service.name, colour),
                 }
                 for colour in policy.strategy.colours
+            },
+            # a canary service's tracks (stable, canary, baseline): one backend, a group each
+            "tracks": {
+                track: {"group": track_group(service.name, track)} for track in policy.strategy.tracks
             },
         }
     return services

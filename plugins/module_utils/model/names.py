@@ -53,8 +53,15 @@ def colour_backend(service: str, colour: str) -> str:
     return f"be_{service}_{colour}"
 
 
+def track_group(service: str, track: str) -> str:
+    """The inventory group of one track of a canary service: ``track_payments_canary``."""
+    return group_name("track", f"{service}_{track}")
+
+
 def instance_groups(topology: Topology, instance: Instance) -> list[str]:
     colour = [colour_group(instance.service, instance.colour)] if instance.colour else []
+    if instance.track:
+        colour.append(track_group(instance.service, instance.track))
     return [
         group_name("env", topology.environment),
         "instances",

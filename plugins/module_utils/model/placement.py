@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 
 from ansible_collections.berth.fleet.plugins.module_utils.model.names import check_generated_names, node_name
 from ansible_collections.berth.fleet.plugins.module_utils.model.topology import (
+    COLOURS,
     KIND_FOR_SUBSTRATE,
+    TRACKS,
     Datacenter,
     Instance,
     Machine,
@@ -38,6 +40,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.topology import 
     Resources,
     Service,
     SpecError,
+    Strategy,
     Topology,
     some,
 )
@@ -175,22 +178,27 @@ class _Placer:
             self.usable_cache[(kind, need)] = sum(1 for m in self.by_kind[kind] if _fits(m.capacity, need))
         return self.usable_cache[(kind, need)]
 
-    def precheck_colours(self, service: Service, count: int) -> None:
-        """The second colour of a blue-green service fits too, or the strategy is refused."""
+    def precheck_parts(self, service: Service, strategy: Strategy, count: int) -> None:
+        """The extra instances of a blue-green or canary service fit too, or the strategy is refused."""
         try:
             self.precheck(service, count)
         except SpecError as exc:
+            extra = (
+                f"a second colour of {count // 2} instance(s)"
+                if strategy.kind == "blue_green"
+                else " and ".join(f"a {track} instance" for track in strategy.tracks[1:])
+            )
             raise SpecError(
                 self.topology.source,
                 f"environment.services.{service.name}.strategy",
-                f"blue_green needs a second colour of {count // 2} instance(s) of {service.name} on "
-                f"machines of their own, and the estate has no room for it: {exc.expected}",
+                f"{strategy.kind} needs {extra} of {service.name} on machines of their own, and the "
+                f"estate has no room for it: {exc.expected}",
             ) from None
 
-    def place(self, service: Service, ordinal: int, colour: str = "") -> tuple[str, _MachineState]:
+    def place(self, service: Service, ordinal: int, part: str = "") -> tuple[str, _MachineState]:
         kind = KIND_FOR_SUBSTRATE[service.substrate]
-        # each colour of a blue-green service is spread across the datacenters on its own
-        counts = self.per_dc[f"{service.name}/{colour}" if colour else service.name]
+        # each colour of a blue-green service (each track of a canary one) is spread on its own
+        counts = self.per_dc[f"{service.name}/{part}" if part else service.name]
         dc_order = sorted(self.topology.datacenters, key=lambda dc: (counts[dc.name], self.declared[dc.name]))
         skipped: list[str] = []
         for dc in dc_order:
@@ -258,28 +266,24 @@ def place(topology: Topology) -> Placement:
     """Place every instance of every service; raise SpecError naming what cannot be satisfied."""
     placer = _Placer(topology)
     counts = {s.name: topology.policies[s.name].instances for s in topology.services}
-    colours = {s.name: topology.policies[s.name].strategy.colours for s in topology.services}
+    parts = {s.name: topology.policies[s.name].strategy.parts(counts[s.name]) for s in topology.services}
     for service in topology.services:
         placer.precheck(service, counts[service.name])
-        if colours[service.name]:
-            # a blue-green service has a second colour of as many instances, on machines of their own
-            counts[service.name] *= len(colours[service.name])
-            placer.precheck_colours(service, counts[service.name])
+        if parts[service.name]:
+            # a blue-green service has a second colour of as many instances, a canary service the
+            # canary and its baseline, on machines of their own
+            counts[service.name] = len(parts[service.name])
+            placer.precheck_parts(service, topology.policies[service.name].strategy, counts[service.name])
     chosen: list[tuple[Service, int, str, _MachineState, str]] = []
     for ordinal in range(1, max(counts.values(), default=0) + 1):
         for service in topology.services:
             if ordinal <= counts[service.name]:
-                colour = _colour(colours[service.name], ordinal, topology.policies[service.name].instances)
-                dc_name, state = placer.place(service, ordinal, colour)
-                chosen.append((service, ordinal, dc_name, state, colour))
+                part = parts[service.name][ordinal - 1] if parts[service.name] else ""
+                dc_name, state = placer.place(service, ordinal, part)
+                chosen.append((service, ordinal, dc_name, state, part))
     placement = Placement(topology, tuple(_realise(topology, chosen)))
     check_generated_names(placement)
     return placement
-
-
-def _colour(colours: tuple[str, ...], ordinal: int, per_colour: int) -> str:
-    """Instances 1..n are the first colour, n+1..2n the second (none for a rolling service)."""
-    return colours[(ordinal - 1) // per_colour] if colours else ""
 
 
 def _realise(
@@ -291,7 +295,7 @@ def _realise(
     rank_on_node: Counter[tuple[str, str]] = Counter()
     ports_on_node: dict[tuple[str, int], str] = {}
     instances = []
-    for service, ordinal, dc_name, state, colour in sorted(
+    for service, ordinal, dc_name, state, part in sorted(
         chosen, key=lambda c: (service_index[c[0].name], c[1])
     ):
         dc = topology.datacenter(dc_name)
@@ -337,7 +341,18 @@ def _realise(
             )
         ports_on_node[(node, port)] = name
         instances.append(
-            Instance(service.name, ordinal, dc_name, machine.name, machine.kind, node, address, port, colour)
+            Instance(
+                service.name,
+                ordinal,
+                dc_name,
+                machine.name,
+                machine.kind,
+                node,
+                address,
+                port,
+                colour=part if part in COLOURS else "",
+                track=part if part in TRACKS else "",
+            )
         )
     return instances
 

@@ -213,20 +213,114 @@ class BlueGreen:
         }
 
 
+# the parts of a canary service: its instances in rotation, and the two extra ones a canary
+# brings up - the new version, and a fresh baseline of the current one started at the same moment
+TRACKS = ("stable", "canary", "baseline")
+CANARY_METRICS = ("error_rate", "error_rate_vs_baseline", "response_time", "response_time_vs_baseline")
+
+
+@dataclass(frozen=True)
+class CanaryMetric:
+    """One metric of a canary analysis: a measurement's value passes at most ``pass_at``, fails
+    above ``fail_above``, and is inconclusive in between (``planner/canary.py``)."""
+
+    metric: str  # one of CANARY_METRICS
+    pass_at: float
+    fail_above: float
+
+    @property
+    def against_baseline(self) -> bool:
+        return self.metric.endswith("_vs_baseline")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "pass": self.pass_at, "fail": self.fail_above}
+
+
+@dataclass(frozen=True)
+class CanaryAnalysis:
+    """``count`` measurements, one every ``interval`` seconds, each of what the LBs counted for the
+    canary (and the baseline) during it; fewer than ``min_requests`` is an inconclusive measurement.
+    More than ``failure_limit`` failed measurements fail the analysis (at once), more than
+    ``inconclusive_limit`` inconclusive ones make it inconclusive; only then is it a pass."""
+
+    interval: float
+    count: int
+    min_requests: int
+    failure_limit: int
+    inconclusive_limit: int
+    metrics: tuple[CanaryMetric, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "interval": self.interval,
+            "count": self.count,
+            "min_requests": self.min_requests,
+            "failure_limit": self.failure_limit,
+            "inconclusive_limit": self.inconclusive_limit,
+            "metrics": [m.as_dict() for m in self.metrics],
+        }
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    kind: str  # weight | pause | analysis
+    weight: int = 0  # the canary's share of the requests, in %
+    pause: float | None = None  # seconds; None: until the operator resumes
+    analysis: CanaryAnalysis | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.kind == "weight":
+            return {"weight": self.weight}
+        if self.kind == "pause":
+            return {"pause": self.pause if self.pause is not None else "until_resumed"}
+        return {"analysis": self.analysis.as_dict() if self.analysis else {}}
+
+
+@dataclass(frozen=True)
+class Canary:
+    steps: tuple[CanaryStep, ...]
+    baseline: bool  # a fresh baseline instance of the current version beside the canary
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"steps": [step.as_dict() for step in self.steps], "baseline": self.baseline}
+
+
 @dataclass(frozen=True)
 class Strategy:
     kind: str = "rolling"
     blue_green: BlueGreen | None = field(default=None)
+    canary: Canary | None = field(default=None)
 
     @property
     def colours(self) -> tuple[str, ...]:
         """The colours a service's instances come in: none for a rolling service."""
         return COLOURS if self.kind == "blue_green" else ()
 
+    @property
+    def tracks(self) -> tuple[str, ...]:
+        """The tracks of a canary service (the baseline only when it has one); none otherwise."""
+        if self.canary is None:
+            return ()
+        return TRACKS if self.canary.baseline else TRACKS[:2]
+
+    def parts(self, instances: int) -> tuple[str, ...]:
+        """The part of each instance, by ordinal: blue-green, ``instances`` of each colour; canary,
+        ``instances`` stable ones, then the canary and its baseline; nothing for a rolling service."""
+        if self.colours:
+            parts: tuple[str, ...] = ()
+            for colour in self.colours:
+                parts += (colour,) * instances
+            return parts
+        if self.tracks:
+            return ("stable",) * instances + self.tracks[1:]
+        return ()
+
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": self.kind}
         if self.blue_green is not None:
             body["blue_green"] = self.blue_green.as_dict()
+        if self.canary is not None:
+            body["canary"] = self.canary.as_dict()
         return body
 
 
@@ -298,6 +392,7 @@ class Instance:
     address: ipaddress.IPv4Address
     port: int
     colour: str = ""  # blue or green for a blue-green service (`strategy.py`), else ""
+    track: str = ""  # stable, canary or baseline for a canary service, else ""
 
     @property
     def name(self) -> str:

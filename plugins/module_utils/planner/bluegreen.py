@@ -16,14 +16,17 @@ from which colour and version to which, how long the LBs disagreed, why) and the
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils.common.fs import atomic_write
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import (
+    JsonFileError,
+    read_json_object,
+    write_json_object,
+)
 
 KEEP_SWITCHES = 50
 
@@ -70,12 +73,12 @@ def colours_path(state_dir: str, service: str) -> Path:
 def read_record(state_dir: str, service: str) -> dict[str, Any]:
     path = colours_path(state_dir, service)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        record = read_json_object(path, "a colours record")
+    except JsonFileError as exc:
+        raise BlueGreenError(str(exc)) from None
+    if record is None:
         return {"service": service, "switches": []}
-    except (OSError, ValueError) as exc:
-        raise BlueGreenError(f"{path}: cannot read the colours record: {exc}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("switches"), list):
+    if not isinstance(record.get("switches"), list):
         raise BlueGreenError(f"{path}: not a colours record (expected a mapping with a list of switches)")
     return record
 
@@ -173,9 +176,7 @@ def _offset() -> str:
 
 
 def _write_record(state_dir: str, service: str, record: dict[str, Any]) -> dict[str, Any]:
-    path = colours_path(state_dir, service)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644)
+    write_json_object(colours_path(state_dir, service), record)
     return record
 
 

@@ -35,6 +35,7 @@ class ServerCounters:
     status: str  # show stat's status column
     requests: int  # req_tot
     errors_5xx: int  # hrsp_5xx
+    response_ms: int = 0  # rtime: the mean response time of the last 1024 requests, in ms
 
     @property
     def in_rotation(self) -> bool:
@@ -96,6 +97,7 @@ def counters_from_rows(backend: str, backend_id: int, rows: list[dict[str, str]]
             status=(row.get("status") or "").strip(),
             requests=_count(row, "req_tot", backend),
             errors_5xx=_count(row, "hrsp_5xx", backend),
+            response_ms=_count(row, "rtime", backend),
         )
         for row in mine
         if row.get("svname") not in (BACKEND_ROW, "FRONTEND")

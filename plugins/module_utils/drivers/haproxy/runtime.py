@@ -108,6 +108,7 @@ class ServersStateRow:
     admin_flags: int
     user_weight: int
     check_state: int
+    initial_weight: int = -1  # srv_iweight: the configured weight (-1: not in the answer)
 
 
 def refusal(answer: str) -> str:
@@ -142,6 +143,7 @@ def parse_servers_state(text: str, backend: str) -> dict[str, ServersStateRow]:
                 admin_flags=int(record["srv_admin_state"]),
                 user_weight=int(record["srv_uweight"]),
                 check_state=int(record["srv_check_state"]),
+                initial_weight=int(record.get("srv_iweight", -1)),
             )
         except (KeyError, ValueError) as exc:
             raise HaproxyError(f"cannot read 'show servers state {backend}' line {line!r}: {exc}") from None

@@ -62,6 +62,7 @@ class CycleRequest:
     unit: str
     health: GatePolicy
     revert_on_failure: bool = True
+    restart: bool = False  # a fresh start even when nothing changed (a canary's baseline)
 
     def release(self, state: str) -> ReleaseRequest:
         return ReleaseRequest(self.instance, self.artifact, self.version, state, None, None, self.root)
@@ -229,6 +230,8 @@ class InstanceCycle:
             return f"current is {current or 'not set'}, not {request.version}"
         if not unit.active:
             return f"{request.version} is current but {request.unit} is {unit.describe()}"
+        if request.restart:
+            return f"{request.version} is current and running: a fresh start was asked for"
         if unit.need_daemon_reload:
             return f"the unit file of {request.unit} changed since systemd loaded it"
         quick = self._gate(request.quick_gate)
