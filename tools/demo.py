@@ -57,7 +57,8 @@ def playbook(*args: str, quiet: bool = True, fails_with: str = "") -> float:
         said = " ".join((result.stdout + result.stderr).split())
         if result.returncode == 0 or fails_with not in said:
             raise SystemExit(f"ansible-playbook {' '.join(args)} was to fail with {fails_with!r}")
-        print("  the run said: " + said[said.index(fails_with) :].split("(the canary record", maxsplit=1)[0][:600])
+        told = said[said.index(fails_with) :].split("(the canary record", maxsplit=1)[0]
+        print("  the run said: " + told[:600])
         return seconds
     if result.returncode != 0:
         if quiet:
