@@ -113,7 +113,7 @@ molecule: deps
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass
 test: deps lint sanity
-	pytest --durations=15 tests  # the 15 slowest, to keep make test well under 30 min
+	pytest -o console_output_style=times --durations=15 tests  # time per module, and the 15 slowest, to keep make test well under 30 min
 	$(MAKE) molecule
 
 clean:

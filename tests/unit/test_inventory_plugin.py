@@ -294,3 +294,44 @@ def test_a_service_with_no_instances_takes_any_max_unavailable(tmp_path: Path) -
     for service in ("catalog", "orders"):
         descriptor = data[f"svc_{service}"]["vars"]["berth_service_spec"]
         assert (descriptor["instances"], descriptor["max_unavailable"]) == (0, 0)
+
+
+def test_a_parallel_run_and_its_gate_reach_the_service_descriptor(tmp_path: Path) -> None:
+    raw = spec(
+        **{
+            "environment.services.orders.parallel_run": {
+                "sample": 0.5,
+                "compare": {"ignore_fields": ["updated_at", "items[*].etag"], "ignore_headers": ["Date"]},
+            },
+            "environment.services.orders.strategy": {
+                "blue_green": {
+                    "preview_port": 18090,
+                    "parallel_run": {"min_requests": 200, "max_mismatch_rate": 0.001},
+                }
+            },
+        }
+    )
+    path = tmp_path / "parallel.berth.yml"
+    path.write_text(yaml.safe_dump(raw))
+    descriptor = inventory(path)["_meta"]["hostvars"]["orders-1"]["berth_service_spec"]
+    assert descriptor["parallel_run"] == {
+        "sample": 0.5,
+        "methods": ["GET", "HEAD"],
+        "allow_unsafe": False,
+        "queue": 1000,
+        "timeout": 2.0,
+        "compare": {
+            "mode": "json",
+            "ignore_fields": ["updated_at", "items[*].etag"],
+            "ignore_headers": ["date"],
+            "compare_headers": ["content-type"],
+            "redact_headers": [],
+            "redact_fields": [],
+        },
+    }
+    assert descriptor["strategy"]["blue_green"]["parallel_run"] == {
+        "min_requests": 200,
+        "max_mismatch_rate": 0.001,
+    }
+    catalog = inventory(path)["_meta"]["hostvars"]["catalog-1"]["berth_service_spec"]
+    assert catalog["parallel_run"] is None

@@ -175,6 +175,53 @@ CORPUS: dict[str, tuple[Any, str]] = {
         "catalog on machines of their own, and the estate has no room for it: 6 instances but only 4 usable "
         "hypervisor machine(s)",
     ),
+    "parallel-run-field-path": (
+        {
+            "environment.services.orders.parallel_run": {
+                "compare": {"ignore_fields": ["updated_at", "items[x]"]}
+            }
+        },
+        "environment.services.orders.parallel_run.compare.ignore_fields[1]: 'items[x]' is not a field path: "
+        "expected names joined by dots, each with optional [n] or [*], such as updated_at, items[*].etag or meta.*",
+    ),
+    "parallel-run-sample-outside-0-1": (
+        {"environment.services.orders.parallel_run": {"sample": 1.5}},
+        "environment.services.orders.parallel_run.sample: expected a rate above 0 to 1 (0.01 is 1 %), got",
+    ),
+    "parallel-run-post-not-by-default": (
+        {"environment.services.orders.parallel_run": {"methods": ["GET", "POST"]}},
+        "environment.services.orders.parallel_run.methods[1]: POST has side effects: a copy would run them twice; "
+        "it is copied only with allow_unsafe: true",
+    ),
+    "parallel-run-compare-mode": (
+        {"environment.services.orders.parallel_run": {"compare": {"mode": "xml"}}},
+        "environment.services.orders.parallel_run.compare.mode: expected one of json, text, status, got 'xml'",
+    ),
+    "parallel-run-gate-rate-outside-0-1": (
+        {
+            "environment.services.orders.parallel_run": {},
+            "environment.services.orders.strategy": {
+                "blue_green": {
+                    "preview_port": 18090,
+                    "parallel_run": {"min_requests": 100, "max_mismatch_rate": 2},
+                }
+            },
+        },
+        "environment.services.orders.strategy.blue_green.parallel_run.max_mismatch_rate: expected a rate from 0 "
+        "to 1 (0.01 is 1 %), got integer 2",
+    ),
+    "parallel-run-gate-on-a-service-not-in-parallel-run": (
+        {
+            "environment.services.orders.strategy": {
+                "canary": {
+                    "steps": [{"weight": 10}],
+                    "parallel_run": {"min_requests": 100, "max_mismatch_rate": 0.01},
+                }
+            }
+        },
+        "environment.services.orders.strategy.canary.parallel_run: a gate on a parallel run, and orders has none "
+        "here: give environment.services.orders.parallel_run its settings, or drop the gate",
+    ),
     "blue-green-needs-preview-port": (
         {"environment.services.orders.strategy": {"blue_green": {}}},
         "environment.services.orders.strategy.blue_green.preview_port: is required",
@@ -187,7 +234,7 @@ CORPUS: dict[str, tuple[Any, str]] = {
     "blue-green-unknown-setting": (
         {"environment.services.orders.strategy": {"blue_green": {"preview_port": 18090, "scale_down": 60}}},
         "environment.services.orders.strategy.blue_green.scale_down: unknown key (allowed: preview_port, smoke, "
-        "analysis, scale_down_delay, retire); did you mean 'scale_down_delay'?",
+        "analysis, scale_down_delay, retire, parallel_run); did you mean 'scale_down_delay'?",
     ),
     "blue-green-smoke-empty": (
         {"environment.services.orders.strategy": {"blue_green": {"preview_port": 18090, "smoke": []}}},

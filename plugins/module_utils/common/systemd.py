@@ -136,11 +136,15 @@ class Systemctl:
         except OSError:
             return []
         every = [line for line in result.stdout.splitlines() if line.strip()]
-        said: list[str] = []
-        for line in every:
-            if not any(noise in line for noise in RESTART_NOISE) and line not in said:
-                said.append(line)
-        return [*said[-(lines - 2) :], *(line for line in every[-2:] if line not in said)]
+        said: dict[str, int] = {}  # the process's own lines, each once, at its last place
+        for place, line in enumerate(every):
+            if not any(noise in line for noise in RESTART_NOISE):
+                said.pop(line, None)
+                said[line] = place
+        kept = dict(list(said.items())[-(lines - 2) :])
+        for place in range(max(len(every) - 2, 0), len(every)):
+            kept.setdefault(every[place], place)
+        return sorted(kept, key=kept.__getitem__)  # in the journal's order
 
     def _timed(self, argv: list[str]) -> float:
         started = self.clock()

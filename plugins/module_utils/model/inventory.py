@@ -222,6 +222,7 @@ def _services(topology: Topology) -> dict[str, Any]:
             "instances": policy.instances,
             "max_unavailable": policy.max_unavailable,
             "strategy": policy.strategy.as_dict(),
+            "parallel_run": policy.parallel_run.as_dict() if policy.parallel_run else None,
             # a blue-green service's two colours: each its own LB backend and inventory group
             "colours": {
                 colour: {

@@ -22,6 +22,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.common.rules import (
     netns_problem,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.model.checks import check_references
+from ansible_collections.berth.fleet.plugins.module_utils.model.parallel import parse_parallel_run
 from ansible_collections.berth.fleet.plugins.module_utils.model.reader import Reader, suggest
 from ansible_collections.berth.fleet.plugins.module_utils.model.source import AsWritten
 from ansible_collections.berth.fleet.plugins.module_utils.model.statedir import default_namespace
@@ -365,7 +366,7 @@ def _policies(
         if service.name not in per_service:
             raise parser.fail(s_key, "is required: every declared service needs an instance count here")
         body = parser.mapping(per_service[service.name], s_key)
-        parser.keys(body, s_key, ("instances",), ("max_unavailable", "strategy"))
+        parser.keys(body, s_key, ("instances",), ("max_unavailable", "strategy", "parallel_run"))
         instances = parser.integer(body["instances"], dotted(s_key, "instances"), 0)
         if "max_unavailable" in body:
             unavailable_raw, unavailable_key = body["max_unavailable"], dotted(s_key, "max_unavailable")
@@ -373,7 +374,19 @@ def _policies(
             unavailable_raw, unavailable_key = default_unavailable, "environment.max_unavailable"
         unavailable = _max_unavailable(parser, unavailable_raw, unavailable_key, instances)
         strategy = parse_strategy(parser, body.get("strategy"), dotted(s_key, "strategy"), service.health)
-        policies[service.name] = ServicePolicy(instances, unavailable, strategy)
+        parallel = (
+            parse_parallel_run(parser, body["parallel_run"], dotted(s_key, "parallel_run"))
+            if body.get("parallel_run") is not None
+            else None
+        )
+        gated = (strategy.blue_green or strategy.canary) if strategy.kind != "rolling" else None
+        if gated is not None and gated.gate is not None and parallel is None:
+            raise parser.fail(
+                dotted(dotted(dotted(s_key, "strategy"), strategy.kind), "parallel_run"),
+                f"a gate on a parallel run, and {service.name} has none here: give "
+                f"environment.services.{service.name}.parallel_run its settings, or drop the gate",
+            )
+        policies[service.name] = ServicePolicy(instances, unavailable, strategy, parallel)
     _check_preview_ports(parser, services, policies)
     return policies
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ansible_collections.berth.fleet.plugins.module_utils.model.parallel import parse_gate
 from ansible_collections.berth.fleet.plugins.module_utils.model.reader import Reader, describe
 from ansible_collections.berth.fleet.plugins.module_utils.model.topology import (
     CANARY_METRICS,
@@ -50,6 +51,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.topology import 
     CanaryMetric,
     CanaryStep,
     HealthCheck,
+    ParallelGate,
     SmokeCheck,
     Strategy,
     dotted,
@@ -96,7 +98,9 @@ def parse_strategy(reader: Reader, raw: Any, key: str, health: HealthCheck) -> S
 
 def _blue_green(reader: Reader, raw: Any, key: str, health: HealthCheck) -> BlueGreen:
     body = reader.mapping(raw, key)
-    reader.keys(body, key, ("preview_port",), ("smoke", "analysis", "scale_down_delay", "retire"))
+    reader.keys(
+        body, key, ("preview_port",), ("smoke", "analysis", "scale_down_delay", "retire", "parallel_run")
+    )
     smoke_raw = body.get("smoke", [{"path": health.path, "status": health.status}])
     if not isinstance(smoke_raw, list) or not smoke_raw:
         raise reader.fail(
@@ -124,6 +128,7 @@ def _blue_green(reader: Reader, raw: Any, key: str, health: HealthCheck) -> Blue
             body.get("scale_down_delay", 300), dotted(key, "scale_down_delay"), 0
         ),
         retire=reader.choice(body.get("retire", "stop"), dotted(key, "retire"), RETIRE),
+        gate=_gate(reader, body, key),
     )
 
 
@@ -161,7 +166,7 @@ def _rate(reader: Reader, raw: Any, key: str) -> float:
 
 def _canary(reader: Reader, raw: Any, key: str) -> Canary:
     body = reader.mapping(raw, key)
-    reader.keys(body, key, ("steps",), ("baseline", "analysis"))
+    reader.keys(body, key, ("steps",), ("baseline", "analysis", "parallel_run"))
     baseline = reader.boolean(body.get("baseline", True), dotted(key, "baseline"))
     default = body.get("analysis")
     if default is not None:
@@ -186,7 +191,14 @@ def _canary(reader: Reader, raw: Any, key: str) -> Canary:
         ((kind, value),) = step.items()
         steps.append(_step(reader, kind, value, dotted(step_key, kind), default, key, baseline))
     _check_weights(reader, steps, steps_key, baseline)
-    return Canary(steps=tuple(steps), baseline=baseline)
+    return Canary(steps=tuple(steps), baseline=baseline, gate=_gate(reader, body, key))
+
+
+def _gate(reader: Reader, body: Any, key: str) -> ParallelGate | None:
+    """The parallel run a release waits for (``parallel.py``); whether the service has one is the
+    spec's check (``spec.py``)."""
+    raw = body.get("parallel_run")
+    return parse_gate(reader, raw, dotted(key, "parallel_run")) if raw is not None else None
 
 
 def _step(

@@ -196,12 +196,73 @@ class Analysis:
 
 
 @dataclass(frozen=True)
+class ParallelGate:
+    """A release that waits for its parallel run: at least ``min_requests`` compared requests and
+    a mismatch rate of at most ``max_mismatch_rate`` before a blue-green switch or a canary's
+    first weight step (issue 13; ``planner/compare.py`` ``gate``)."""
+
+    min_requests: int
+    max_mismatch_rate: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"min_requests": self.min_requests, "max_mismatch_rate": self.max_mismatch_rate}
+
+
+@dataclass(frozen=True)
+class CompareRules:
+    """How a parallel run compares two answers (``planner/compare.py`` ``Rules``)."""
+
+    mode: str  # json | text | status
+    ignore_fields: tuple[str, ...] = ()
+    ignore_headers: tuple[str, ...] = ()
+    compare_headers: tuple[str, ...] = ("content-type",)
+    redact_headers: tuple[str, ...] = ()
+    redact_fields: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "ignore_fields": list(self.ignore_fields),
+            "ignore_headers": list(self.ignore_headers),
+            "compare_headers": list(self.compare_headers),
+            "redact_headers": list(self.redact_headers),
+            "redact_fields": list(self.redact_fields),
+        }
+
+
+@dataclass(frozen=True)
+class ParallelRun:
+    """A service's parallel run: which requests are copied to the candidate and a second trusted
+    instance (``sample`` of those with ``methods``; a method with side effects only with
+    ``allow_unsafe``), how many copies may wait (``queue``; more are dropped and counted), how long
+    an answer may take (``timeout``), and how the answers are compared."""
+
+    sample: float
+    methods: tuple[str, ...]
+    allow_unsafe: bool
+    queue: int
+    timeout: float
+    compare: CompareRules
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sample": self.sample,
+            "methods": list(self.methods),
+            "allow_unsafe": self.allow_unsafe,
+            "queue": self.queue,
+            "timeout": self.timeout,
+            "compare": self.compare.as_dict(),
+        }
+
+
+@dataclass(frozen=True)
 class BlueGreen:
     preview_port: int
     smoke: tuple[SmokeCheck, ...]
     analysis: Analysis | None
     scale_down_delay: int
     retire: str  # stop: the old colour's instances stop once the delay is over; keep: they stay up
+    gate: ParallelGate | None = None  # the parallel run a switch waits for
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -210,6 +271,7 @@ class BlueGreen:
             "analysis": self.analysis.as_dict() if self.analysis else None,
             "scale_down_delay": self.scale_down_delay,
             "retire": self.retire,
+            "parallel_run": self.gate.as_dict() if self.gate else None,
         }
 
 
@@ -280,9 +342,14 @@ class CanaryStep:
 class Canary:
     steps: tuple[CanaryStep, ...]
     baseline: bool  # a fresh baseline instance of the current version beside the canary
+    gate: ParallelGate | None = None  # the parallel run the first weight step waits for
 
     def as_dict(self) -> dict[str, Any]:
-        return {"steps": [step.as_dict() for step in self.steps], "baseline": self.baseline}
+        return {
+            "steps": [step.as_dict() for step in self.steps],
+            "baseline": self.baseline,
+            "parallel_run": self.gate.as_dict() if self.gate else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -332,6 +399,7 @@ class ServicePolicy:
     instances: int
     max_unavailable: int  # resolved to a count; 0 for a service with no instances here
     strategy: Strategy = ROLLING  # how a new version reaches users (`strategy.py`)
+    parallel_run: ParallelRun | None = None  # requests copied to a candidate and compared (`parallel.py`)
 
 
 @dataclass(frozen=True)
