@@ -38,11 +38,14 @@ class Tally:
     non_2xx: int = 0
     errors: int = 0
     samples: list[str] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # how long each answered request took
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, status: int | None, what: str) -> None:
+    def record(self, status: int | None, what: str, seconds: float | None = None) -> None:
         with self.lock:
             self.sent += 1
+            if seconds is not None and status is not None:
+                self.seconds.append(seconds)
             if status is not None and 200 <= status < 300:
                 self.ok += 1
                 return
@@ -60,7 +63,20 @@ class Tally:
             "non_2xx": self.non_2xx,
             "errors": self.errors,
             "failure_samples": self.samples,
+            "latency_ms": latency_ms(self.seconds),
         }
+
+
+def latency_ms(seconds: list[float]) -> dict[str, float]:
+    """p50, p95, p99 and max of the answered requests, in milliseconds ({} if none)."""
+    if not seconds:
+        return {}
+    ordered = sorted(seconds)
+
+    def at(share: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000, 2)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1] * 1000, 2)}
 
 
 class Load:
@@ -101,6 +117,7 @@ class Load:
 
     def short_worker(self, index: int) -> None:
         targets = [urllib.parse.urlsplit(t) for t in self.args.target]
+        paths = self.args.path or ["/"]
         per_worker = self.args.rate / self.args.workers
         connection: http.client.HTTPConnection | None = None
         next_at = time.monotonic() + index / self.args.rate
@@ -113,10 +130,12 @@ class Load:
                     if connection is not None:
                         connection.close()
                     connection = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
-                connection.request("GET", "/")
+                sent = time.monotonic()
+                connection.request("GET", paths[(index + count // len(targets)) % len(paths)])
                 response = connection.getresponse()
                 body = response.read()
-                self.short.record(response.status, f"{target.netloc} HTTP {response.status}")
+                took = time.monotonic() - sent
+                self.short.record(response.status, f"{target.netloc} HTTP {response.status}", took)
                 self.saw_version(target.netloc, response.status, body)
                 if response.getheader("Connection", "").lower() == "close":
                     connection.close()
@@ -152,7 +171,7 @@ class Load:
     def long_spawner(self) -> None:
         targets = [urllib.parse.urlsplit(t) for t in self.args.target]
         count = 0
-        while not self.stop.is_set():
+        while self.args.slow_rate > 0 and not self.stop.is_set():
             thread = threading.Thread(
                 target=self.long_request, args=(targets[count % len(targets)],), daemon=True
             )
@@ -250,6 +269,7 @@ def main() -> None:
     parser.add_argument("--target", action="append", required=True)
     parser.add_argument("--stats", action="append", default=[])
     parser.add_argument("--backend", action="append", required=True, help="repeat for every colour")
+    parser.add_argument("--path", action="append", default=[], help="paths taken in turn (default /)")
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--slow-rate", type=float, default=4)

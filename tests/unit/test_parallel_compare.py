@@ -1,4 +1,4 @@
-"""Parallel run's comparison (planner/compare.py): Diffy's noise rule, the rules, the tally and the gate.
+"""Parallel run's comparison (common/compare.py): Diffy's noise rule, the rules, the tally and the gate.
 
 Pure functions on answers built here; the mechanism that copies real requests to the candidate is
 issue 13's next part and will have its own integration test under load."""
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.berth.fleet.plugins.module_utils.planner.compare import (
+from ansible_collections.berth.fleet.plugins.module_utils.common.compare import (
     REDACTED,
     Answer,
     CompareError,
@@ -21,6 +21,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner.compare import
     field_path_problems,
     gate,
     judge,
+    merge,
     parse_field_path,
 )
 
@@ -130,3 +131,33 @@ def test_field_paths_parse() -> None:
     assert parse_field_path("rows[2].cells[*]") == ("rows", 2, "cells", "*")
     with pytest.raises(CompareError, match="mode: expected one of json, text, status"):
         Rules.from_settings({"mode": "xml"})
+
+
+def test_the_tallies_of_every_lb_merge_into_one_and_the_gate_reads_it() -> None:
+    one = {
+        "requests": 3,
+        "dropped": 1,
+        "haproxy_dropped": 2,
+        "endpoints": {"GET /a": {"requests": 3, "mismatches": 1, "noisy": 3}},
+        "samples": [{"endpoint": "GET /a", "differences": ["$.x"]}] * 3,
+    }
+    other = {
+        "requests": 5,
+        "candidate_failures": 1,
+        "endpoints": {
+            "GET /a": {"requests": 1, "mismatches": 0, "noisy": 1},
+            "GET /b": {"requests": 4, "mismatches": 1, "noisy": 0},
+        },
+        "samples": [{"endpoint": "GET /a"}, {"endpoint": "GET /b"}],
+    }
+    merged = merge([one, other])
+    assert (merged["requests"], merged["mismatches"], merged["mismatch_rate"]) == (8, 2, 0.25)
+    assert (merged["dropped"], merged["haproxy_dropped"], merged["candidate_failures"]) == (1, 2, 1)
+    assert merged["endpoints"]["GET /a"] == {
+        "requests": 4,
+        "mismatches": 1,
+        "noisy": 4,
+        "mismatch_rate": 0.25,
+    }
+    assert [s["endpoint"] for s in merged["samples"]] == ["GET /a"] * 3 + ["GET /b"]
+    assert gate(merged, 8, 0.3)[0] and not gate(merged, 9, 0.3)[0]

@@ -199,7 +199,7 @@ class Analysis:
 class ParallelGate:
     """A release that waits for its parallel run: at least ``min_requests`` compared requests and
     a mismatch rate of at most ``max_mismatch_rate`` before a blue-green switch or a canary's
-    first weight step (issue 13; ``planner/compare.py`` ``gate``)."""
+    first weight step (issue 13; ``common/compare.py`` ``gate``)."""
 
     min_requests: int
     max_mismatch_rate: float
@@ -210,7 +210,7 @@ class ParallelGate:
 
 @dataclass(frozen=True)
 class CompareRules:
-    """How a parallel run compares two answers (``planner/compare.py`` ``Rules``)."""
+    """How a parallel run compares two answers (``common/compare.py`` ``Rules``)."""
 
     mode: str  # json | text | status
     ignore_fields: tuple[str, ...] = ()

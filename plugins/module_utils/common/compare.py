@@ -269,6 +269,39 @@ class Tally:
         }
 
 
+SUMMED = ("received", "malformed", "unjudged", "candidate_failures", "dropped", "haproxy_dropped")
+
+
+def merge(tallies: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The tallies of every load balancer's mirror as one: counts summed per endpoint, the rates
+    recomputed, the samples kept within the same bounds."""
+    endpoints: dict[str, EndpointCounts] = {}
+    samples: list[dict[str, Any]] = []
+    summed = dict.fromkeys(SUMMED, 0)
+    for tally in tallies:
+        for key in SUMMED:
+            summed[key] += int(tally.get(key) or 0)
+        for name, raw in dict(tally.get("endpoints") or {}).items():
+            counts = endpoints.setdefault(name, EndpointCounts())
+            counts.requests += int(raw.get("requests", 0))
+            counts.mismatches += int(raw.get("mismatches", 0))
+            counts.noisy += int(raw.get("noisy", 0))
+        for sample in tally.get("samples") or []:
+            mine = sum(1 for s in samples if s.get("endpoint") == sample.get("endpoint"))
+            if mine < MAX_SAMPLES_PER_ENDPOINT and len(samples) < MAX_SAMPLES:
+                samples.append(dict(sample))
+    requests = sum(c.requests for c in endpoints.values())
+    mismatches = sum(c.mismatches for c in endpoints.values())
+    return {
+        "requests": requests,
+        "mismatches": mismatches,
+        "mismatch_rate": round(mismatches / requests, 4) if requests else 0.0,
+        **summed,
+        "endpoints": {name: counts.as_dict() for name, counts in sorted(endpoints.items())},
+        "samples": samples,
+    }
+
+
 def gate(tally: Mapping[str, Any], min_requests: int, max_mismatch_rate: float) -> tuple[bool, str]:
     """Whether a release may go on after this parallel run: enough compared requests (too few is
     never a pass) and a mismatch rate within the limit; the reason either way, naming the worst

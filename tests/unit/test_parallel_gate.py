@@ -1,0 +1,85 @@
+"""A parallel run across the load balancers (planner/parallel.py, berth.fleet.parallel_gate): who
+each LB's mirror compares, and the verdict on what they all found."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure
+from ansible_collections.berth.fleet.plugins.module_utils.planner.parallel import ParallelError, plan_targets
+from ansible_collections.berth.fleet.plugins.modules import parallel_gate
+
+
+def test_each_lb_compares_two_different_trusted_instances_and_the_lbs_spread_over_the_candidates() -> None:
+    plan = plan_targets(["lb-dc2", "lb-dc1"], ["t1:80", "t2:80", "t3:80"], ["c1:80", "c2:80"])
+    assert plan == {
+        "lb-dc1": {"primary": "t1:80", "secondary": "t2:80", "candidate": "c1:80"},
+        "lb-dc2": {"primary": "t2:80", "secondary": "t3:80", "candidate": "c2:80"},
+    }
+    alone = plan_targets(["lb"], ["t1:80"], ["c1:80"])["lb"]
+    assert alone["primary"] == alone["secondary"] == "t1:80", "one trusted instance: its own noise only"
+    for lbs, trusted, candidates, message in (
+        ([], ["t"], ["c"], "at least one load balancer"),
+        (["lb"], [], ["c"], "a trusted instance"),
+        (["lb"], ["t"], [], "a candidate"),
+    ):
+        with pytest.raises(ParallelError, match=message):
+            plan_targets(lbs, trusted, candidates)
+
+
+def results(requests: int, mismatches: int, endpoint: str = "GET /items/{id}") -> dict[str, Any]:
+    return {
+        "requests": requests,
+        "mismatches": mismatches,
+        "candidate": "c1:80",
+        "endpoints": {endpoint: {"requests": requests, "mismatches": mismatches, "noisy": requests}},
+        "samples": [],
+        "dropped": 1,
+        "haproxy_dropped": 2,
+    }
+
+
+def gate(tmp_path: Path, per_lb: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    params = {
+        "service": "orders",
+        "state_dir": str(tmp_path),
+        "run_id": "orders-v2-1",
+        "target": "v2",
+        "results": per_lb,
+        "min_requests": 100,
+        "max_mismatch_rate": 0.01,
+        **overrides,
+    }
+    return parallel_gate.run(params, check_mode=False)
+
+
+def test_the_gate_passes_on_every_lb_together_and_records_the_verdict(tmp_path: Path) -> None:
+    outcome = gate(tmp_path, {"lb-dc1": results(60, 0), "lb-dc2": results(50, 1)})
+    verdict = outcome["verdict"]
+    assert verdict["passed"] and verdict["tally"]["requests"] == 110 and verdict["tally"]["mismatches"] == 1
+    assert verdict["lbs"]["lb-dc1"] == {"requests": 60, "mismatches": 0, "dropped": 3, "candidate": "c1:80"}
+    record = json.loads((tmp_path / "rollouts" / "orders.parallel.json").read_text())
+    assert (record["run_id"], record["target"], record["passed"]) == ("orders-v2-1", "v2", True)
+
+
+def test_the_gate_refuses_too_many_mismatches_naming_the_endpoint_and_too_few_requests(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ModuleFailure, match=r"GET /orders/\{id\}: 5 of 60.*the gate refuses") as refused:
+        gate(tmp_path, {"lb-dc1": results(60, 5, "GET /orders/{id}"), "lb-dc2": results(50, 0)})
+    assert not refused.value.fields["verdict"]["passed"]
+    with pytest.raises(ModuleFailure, match=r"40 request\(s\) compared, fewer than the 100") as few:
+        gate(tmp_path, {"lb-dc1": results(40, 0), "lb-dc2": {}})
+    assert few.value.fields["verdict"]["lbs"]["lb-dc2"]["missing"]
+
+
+def test_bad_gate_settings_and_check_mode_judge_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ModuleFailure, match="max_mismatch_rate: expected a share from 0 to 1"):
+        gate(tmp_path, {"lb": results(200, 0)}, max_mismatch_rate=1.5)
+    params = {"service": "o", "state_dir": str(tmp_path), "run_id": "r", "target": "v2", "results": {}}
+    skipped = parallel_gate.run({**params, "min_requests": 1, "max_mismatch_rate": 0.1}, check_mode=True)
+    assert skipped["skipped"] and not (tmp_path / "rollouts").exists()
