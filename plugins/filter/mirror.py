@@ -16,9 +16,14 @@ description:
     returns the files C(berth-mirror) runs from (C(path), C(content), C(mode)) on a load balancer
     whose interpreter is C(python) - its systemd unit, and the modules it needs, from this
     collection's module_utils.
-  - And C(parallel_targets), used as C(lbs | berth.fleet.parallel_targets(trusted, candidates)), which
-    returns per load balancer the C(primary), C(secondary) and C(candidate) (C(host:port)) its
-    mirror compares, turning through the lists so that the load balancers spread the copies.
+  - And C(parallel_targets), used as
+    C(groups['lb'] | berth.fleet.parallel_targets(hostvars, trusted, candidates)) (C(trusted) and
+    C(candidates) inventory hosts), which returns per load balancer the C(primary),
+    C(secondary) and C(candidate) (C(address:port)) its mirror compares, turning through the lists
+    so that the load balancers spread the copies; and C(parallel_results), used as
+    C(hostvars | berth.fleet.parallel_results(groups['lb'], 'rollout_parallel')), which returns per
+    load balancer the C(found) of its registered M(berth.fleet.parallel_run) found (C({}) where it
+    has none).
 options:
   _input:
     description: The service's C(berth_service_spec.parallel_run) (may be null).
@@ -80,11 +85,28 @@ def mirror_files(python):
         raise AnsibleFilterError(f"mirror_files: {exc}") from None
 
 
-def parallel_targets(lbs, trusted, candidates):
+def _address(hostvars, host):
+    values = hostvars[host]
+    return f"{values.get('ansible_host') or host}:{values['berth_port']}"
+
+
+def parallel_targets(lbs, hostvars, trusted, candidates):
     try:
-        return plan_targets(list(lbs), list(trusted), list(candidates))
-    except ParallelError as exc:
+        return plan_targets(
+            list(lbs),
+            [_address(hostvars, host) for host in sorted(trusted)],
+            [_address(hostvars, host) for host in sorted(candidates)],
+        )
+    except (ParallelError, KeyError) as exc:
         raise AnsibleFilterError(f"parallel_targets: {exc}") from None
+
+
+def parallel_results(hostvars, lbs, registered):
+    found = {}
+    for lb in lbs:
+        result = hostvars[lb].get(registered) or {}
+        found[lb] = dict(result.get("found") or {}) if isinstance(result, dict) else {}
+    return found
 
 
 class FilterModule:
@@ -93,4 +115,5 @@ class FilterModule:
             "mirror_frontend": mirror_frontend,
             "mirror_files": mirror_files,
             "parallel_targets": parallel_targets,
+            "parallel_results": parallel_results,
         }

@@ -35,7 +35,7 @@ options:
     required: true
   results:
     description:
-      - Per load balancer, the RV(berth.fleet.parallel_run#module:results) of its mirror (empty when
+      - Per load balancer, the RV(berth.fleet.parallel_run#module:found) of its mirror (empty when
         it could not be read).
     type: dict
     required: true
@@ -71,7 +71,7 @@ EXAMPLES = r"""
     state_dir: "{{ berth_state_dir }}"
     run_id: orders-v2-1
     target: v2
-    results: "{{ dict(groups['lb'] | zip(groups['lb'] | map('extract', hostvars, ['judged', 'results']))) }}"
+    results: "{{ dict(groups['lb'] | zip(groups['lb'] | map('extract', hostvars, ['judged', 'found']))) }}"
     min_requests: 200
     max_mismatch_rate: 0.001
 """

@@ -16,11 +16,11 @@ description:
     the copies to, and the comparison rules) and starts C(berth-mirror@<service>); a run already
     going with the same configuration is left alone.
   - O(state=finished) waits until the mirror here has judged O(min_requests) copies or
-    O(max_seconds) passed, stops it, and returns what it found (RV(results)).
+    O(max_seconds) passed, stops it, and returns what it found (RV(found)).
   - O(state=stopped) stops it now and returns what it found.
   - The user's request never waits for any of it - HAProxy hands a copy to a datagram socket and
-    forgets it; what could not be handed over is counted (C(haproxy_dropped) in RV(results)), what the
-    mirror's bounded queue let go too (C(dropped) in RV(results)).
+    forgets it; what could not be handed over is counted (C(haproxy_dropped) in RV(found)), what the
+    mirror's bounded queue let go too (C(dropped) in RV(found)).
 options:
   service:
     description: The service in parallel run.
@@ -101,7 +101,7 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-results:
+found:
   description:
     - What the mirror found here - C(requests), C(mismatches), C(mismatch_rate), C(endpoints) (per
       method and path, ids folded), C(samples) (redacted), C(dropped), C(unjudged),

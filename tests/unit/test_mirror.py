@@ -220,6 +220,7 @@ def test_an_unanswered_trusted_copy_is_not_judged_and_a_silent_candidate_is_a_mi
     mirror.replay(copy)
     results = mirror.results()
     assert (results["unjudged"], results["requests"], results["mismatches"]) == (1, 1, 1)
+    assert results["why_unjudged"] == ["GET /a: secondary: 10.0.0.2:8080 ConnectionRefusedError: refused"]
     assert results["samples"][0]["differences"] == ["status", "header content-type", "body"]
 
 
@@ -247,7 +248,7 @@ class FakeUnits:
     """systemctl as MirrorRun uses it; a start makes the 'mirror' write its first results."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.active = root, False
+        self.root, self.active, self.results_at_start = root, False, False
         self.calls: list[str] = []
 
     def state(self, unit: str) -> UnitState:
@@ -256,6 +257,7 @@ class FakeUnits:
     def start(self, unit: str) -> float:
         self.calls.append(f"start {unit}")
         self.active = True
+        self.results_at_start = (self.root / "var/lib/berth/mirror/orders.json").exists()
         config = json.loads((self.root / "etc/berth/mirror/orders.json").read_text())
         self.write({"run_id": config["run_id"], "requests": 0})
         return 0.1
@@ -313,7 +315,7 @@ def test_a_run_starts_once_waits_for_enough_copies_and_counts_haproxys_drops(tmp
     drops[0] = 10
     finished = run.run(request("finished"), check_mode=False)
     assert finished["enough"] and finished["changed"] and not units.active
-    assert finished["results"]["requests"] == 12 and finished["results"]["haproxy_dropped"] == 3
+    assert finished["found"]["requests"] == 12 and finished["found"]["haproxy_dropped"] == 3
     assert not run.run(request("stopped"), check_mode=False)["changed"]
 
 
@@ -330,7 +332,7 @@ def test_a_run_that_sees_too_few_copies_ends_at_its_time_and_says_so(tmp_path: P
     run.run(request("started"), check_mode=False)
     units.write({"run_id": "orders-v2-1", "requests": 3})
     finished = run.run(request("finished", max_seconds=5), check_mode=False)
-    assert not finished["enough"] and finished["results"]["requests"] == 3 and finished["waited"] >= 5
+    assert not finished["enough"] and finished["found"]["requests"] == 3 and finished["waited"] >= 5
 
 
 def test_results_of_another_run_are_never_taken_for_this_one(tmp_path: Path) -> None:
@@ -355,3 +357,13 @@ def test_a_run_it_cannot_do_is_refused_before_anything_is_touched(
     with pytest.raises(MirrorRunError, match=message):
         started(tmp_path, units, [0]).run(request(state, **overrides), check_mode=False)
     assert not units.calls and not (tmp_path / "etc").exists()
+
+
+def test_a_rerun_of_the_same_run_never_takes_the_last_runs_results(tmp_path: Path) -> None:
+    units = FakeUnits(tmp_path)
+    run = started(tmp_path, units, [0])
+    run.run(request("started"), check_mode=False)
+    units.write({"run_id": "orders-v2-1", "requests": 500})  # what the last run of orders-v2-1 found
+    run.run(request("stopped"), check_mode=False)
+    run.run(request("started"), check_mode=False)  # the same run again: the mirror starts afresh
+    assert not units.results_at_start, "the last run's results were still there when the mirror started"

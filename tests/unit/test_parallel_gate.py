@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible.errors import AnsibleFilterError
 
+from ansible_collections.berth.fleet.plugins.filter.mirror import parallel_results, parallel_targets
 from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure
 from ansible_collections.berth.fleet.plugins.module_utils.planner.parallel import ParallelError, plan_targets
 from ansible_collections.berth.fleet.plugins.modules import parallel_gate
@@ -83,3 +85,26 @@ def test_bad_gate_settings_and_check_mode_judge_nothing(tmp_path: Path) -> None:
     params = {"service": "o", "state_dir": str(tmp_path), "run_id": "r", "target": "v2", "results": {}}
     skipped = parallel_gate.run({**params, "min_requests": 1, "max_mismatch_rate": 0.1}, check_mode=True)
     assert skipped["skipped"] and not (tmp_path / "rollouts").exists()
+
+
+def test_the_filters_give_each_lb_its_addresses_and_collect_what_each_found() -> None:
+    hostvars = {
+        "orders-1": {"ansible_host": "10.70.1.20", "berth_port": 8090},
+        "orders-2": {"ansible_host": "10.70.2.20", "berth_port": 8090},
+        "orders-3": {"ansible_host": "10.70.1.21", "berth_port": 8090},
+        "lb-dc1": {"rollout_parallel": {"found": {"requests": 3}}},
+        "lb-dc2": {"rollout_parallel": {"skipped": True}},
+    }
+    plan = parallel_targets(["lb-dc1", "lb-dc2"], hostvars, ["orders-2", "orders-1"], ["orders-3"])
+    assert plan["lb-dc1"] == {
+        "primary": "10.70.1.20:8090",
+        "secondary": "10.70.2.20:8090",
+        "candidate": "10.70.1.21:8090",
+    }
+    assert plan["lb-dc2"]["primary"] == "10.70.2.20:8090"
+    assert parallel_results(hostvars, ["lb-dc1", "lb-dc2"], "rollout_parallel") == {
+        "lb-dc1": {"requests": 3},
+        "lb-dc2": {},
+    }
+    with pytest.raises(AnsibleFilterError, match="parallel_targets: a parallel run needs a candidate"):
+        parallel_targets(["lb-dc1"], hostvars, ["orders-1"], [])

@@ -241,6 +241,7 @@ class Mirror:
         self.received = 0
         self.malformed = 0
         self.unjudged = 0
+        self.why_unjudged: list[str] = []  # the last few copies a trusted instance did not answer, and why
         self.candidate_failures = 0
         self.candidate_seconds: list[float] = []
         self.started = clock()
@@ -272,8 +273,11 @@ class Mirror:
         with self.lock:
             if answers["primary"][0] is None or answers["secondary"][0] is None:
                 self.unjudged += 1
+                failed = "primary" if answers["primary"][0] is None else "secondary"
+                self.why_unjudged.append(f"{copy.method} {copy.target}: {failed}: {answers[failed][2]}")
+                del self.why_unjudged[:-5]
                 return
-            candidate, seconds = answers["candidate"]
+            candidate, seconds, _why = answers["candidate"]
             if candidate is None:
                 self.candidate_failures += 1
                 candidate = Answer(0, {}, f"no answer within {self.config.timeout} s".encode())
@@ -282,14 +286,15 @@ class Mirror:
             primary, secondary = answers["primary"][0], answers["secondary"][0]
             self.tally.add(copy.method, copy.target, primary, secondary, candidate)
 
-    def _answer(self, role: str, copy: Copy) -> tuple[Answer | None, float]:
+    def _answer(self, role: str, copy: Copy) -> tuple[Answer | None, float, str]:
+        """The answer of one role's instance, how long it took, and why there is none (or "")."""
         target = getattr(self.config, role)
         started = time.monotonic()
         try:
             answer = self.fetch(target, copy, self.config.timeout)
-        except (OSError, http.client.HTTPException):
-            return None, round(time.monotonic() - started, 4)
-        return answer, round(time.monotonic() - started, 4)
+        except (OSError, http.client.HTTPException) as exc:
+            return None, round(time.monotonic() - started, 4), f"{target} {type(exc).__name__}: {exc}"
+        return answer, round(time.monotonic() - started, 4), ""
 
     def work(self) -> None:
         while True:
@@ -317,6 +322,7 @@ class Mirror:
                 "received": self.received,
                 "malformed": self.malformed,
                 "unjudged": self.unjudged,
+                "why_unjudged": list(self.why_unjudged),
                 "candidate_failures": self.candidate_failures,
                 "queued": self.copies.qsize(),
                 "candidate_p50_ms": _percentile_ms(seconds, 0.50),

@@ -132,6 +132,8 @@ class MirrorRun:
         unit = unit_name(request.service)
         try:
             self.systemctl.stop(unit)
+            # an earlier run's results (a rerun has the same run_id) are never this one's
+            self._path(results_for(request.service)).unlink(missing_ok=True)
             seconds = self.systemctl.start(unit)
         except SystemdError as exc:
             raise MirrorRunError(f"{unit} did not start: {exc}; {self._said(unit)}") from None
@@ -167,7 +169,7 @@ class MirrorRun:
         waited = round(self.clock() - started, 1)
         result = self.stop(request, check_mode=False)
         result["waited"] = waited
-        result["enough"] = int(result["results"].get("requests", 0)) >= request.min_requests
+        result["enough"] = int(result["found"].get("requests", 0)) >= request.min_requests
         return result
 
     def stop(self, request: RunRequest, check_mode: bool) -> dict[str, Any]:
@@ -185,7 +187,7 @@ class MirrorRun:
                 results["haproxy_dropped"] = max(0, dropped_logs(self.transport) - at_start)
             except OSError:
                 results["haproxy_dropped"] = None
-        return {"changed": active, "results": results}
+        return {"changed": active, "found": results}
 
     def run(self, request: RunRequest, check_mode: bool) -> dict[str, Any]:
         problems = request.problems()

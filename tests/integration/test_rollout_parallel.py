@@ -1,0 +1,109 @@
+"""A parallel run before a blue-green switch, on the shared lab (conftest.py ``shared_lab``): orders,
+with ``parallel_run`` and a gate added to its inventory, under the independent load generator
+through both load balancers (HAProxy ``retries 0``, no redispatch).
+
+Each LB's frontend copies its users' GETs to its berth-mirror, which replays them to two instances
+of the live colour and one of the new colour. The sample service's ``GET /`` answers carry the
+instance - noise, which the two trusted instances never agree on - its pid and the version, both
+ignored by the rules (every lab machine has its own PID namespace: two instances may well have the
+same pid, so the pid is not noise the trusted pair always show); v6 answers exactly like v1, v2
+has another greeting.
+
+The tests run in order on one estate: each one says the state it starts from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.test_rollout import RolloutLab, assert_no_request_lost
+from tests.integration.test_rollout_blue_green import SERVICE, served, text
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, nspawn)"),
+]
+
+GATE = {"min_requests": 400, "max_mismatch_rate": 0.01}
+
+
+@pytest.fixture(scope="module")
+def lab(shared_lab: RolloutLab) -> RolloutLab:
+    """The shared lab seen through an inventory whose orders is in parallel run, with orders v1 live."""
+    raw = yaml.safe_load(shared_lab.spec.read_text())
+    orders = raw["environment"]["services"][SERVICE]
+    orders["parallel_run"] = {"compare": {"ignore_fields": ["version", "pid"]}}
+    orders["strategy"]["blue_green"]["parallel_run"] = GATE
+    spec = shared_lab.workdir / "parallel.berth.yml"
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    if set(served(shared_lab).values()) != {"v1"}:  # on its own, this module starts from nothing
+        first = shared_lab.deploy("-e", f"service={SERVICE}", "-e", "version=v1", "-e", "replace_warm=true")
+        assert first.returncode == 0, first.output[-6000:]
+    return dataclasses.replace(shared_lab, spec=spec)
+
+
+def deploy(lab: RolloutLab, version: str) -> tuple[Any, dict[str, Any]]:
+    """orders to ``version`` under load (onto the colour kept warm, if one is)."""
+    return lab.deploy_under_load(
+        f"parallel-{version}",
+        "-e",
+        f"service={SERVICE}",
+        "-e",
+        f"version={version}",
+        "-e",
+        "replace_warm=true",
+        service=SERVICE,
+    )
+
+
+def verdict(lab: RolloutLab) -> dict[str, Any]:
+    path = lab.workdir / "state" / lab.environment / "rollouts" / f"{SERVICE}.parallel.json"
+    return dict(json.loads(path.read_text()))
+
+
+def test_a_release_that_differs_only_in_noise_passes_the_gate_and_goes_live_under_load(
+    lab: RolloutLab, lab_metrics: Any
+) -> None:
+    assert set(served(lab).values()) == {"v1"}
+    run, report = deploy(lab, "v6")
+    assert run.returncode == 0, run.output[-6000:]
+    assert_no_request_lost(report)
+    found = verdict(lab)
+    assert found["passed"] and found["target"] == "v6", found["reason"]
+    tally = found["tally"]
+    assert tally["requests"] >= GATE["min_requests"] and tally["mismatches"] == 0
+    # every answer's instance differs between the trusted pair: noise, and only noise
+    assert tally["endpoints"]["GET /"]["noisy"] == tally["endpoints"]["GET /"]["requests"]
+    assert all(lb["requests"] > 0 for lb in found["lbs"].values()), found["lbs"]  # each LB its own users'
+    assert f"parallel run: mismatch rate 0.00% within 1.00% of {tally['requests']} request(s)" in text(run)
+    assert set(served(lab).values()) == {"v6"}
+    lab_metrics.add(
+        f"parallel run v1 -> v6 (blue-green, gate {GATE['min_requests']} requests): {run.seconds} s in all, "
+        f"{tally['requests']} compared, 0 mismatches, {tally['dropped'] + tally['haproxy_dropped']} dropped; "
+        f"users {report['short']['sent']} + {report['long']['sent']} requests, 0 failed, "
+        f"p99 {report['short']['latency_ms'].get('p99')} ms"
+    )
+
+
+def test_a_release_that_answers_one_endpoint_differently_is_refused_before_any_user_reaches_it(
+    lab: RolloutLab,
+) -> None:
+    assert set(served(lab).values()) == {"v6"}
+    run, report = deploy(lab, "v2")
+    assert run.returncode != 0, run.output[-6000:]
+    said = text(run)
+    assert "the gate refuses the release" in said and "GET /: " in said, said[-3000:]
+    assert "no user request reached" in said
+    assert_no_request_lost(report)
+    assert set(served(lab).values()) == {"v6"}
+    assert report["answers"].get("v2", {"ok": 0})["ok"] == 0, "no user got an answer of v2"
+    found = verdict(lab)
+    assert not found["passed"] and found["tally"]["endpoints"]["GET /"]["mismatch_rate"] == 1.0
+    sample = found["tally"]["samples"][0]
+    assert sample["differences"] == ["$.greeting"], sample
