@@ -207,7 +207,7 @@ def main() -> None:
 
     step("placement of every environment (inventories/*/topology.berth.yml)")
     placement_tables()
-    step("artifacts: built once per version (catalog, orders and payments, v1 to v5)")
+    step("artifacts: built once per version (catalog, orders and payments, v1 to v6)")
     print(f"done in {playbook('playbooks/build_artifacts.yml'):.1f} s")
     try:
         step(f"provision the {args.env} estate on this machine")
