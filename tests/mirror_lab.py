@@ -34,6 +34,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.mirror.daemon 
     UNIT_PATH,
     shipped_files,
 )
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.mirror.run import dropped_logs
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,14 +231,7 @@ class MirrorLab:
             raise AssertionError(f"HAProxy refuses the configuration: {check.stdout}{check.stderr}")
         self.haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stderr=subprocess.DEVNULL)
         self.stack.callback(_stop, self.haproxy)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                UnixSocketTransport(self.admin)("show info")
-                return
-            except HaproxyError:
-                time.sleep(0.05)
-        raise AssertionError("HAProxy did not start")
+        wait_for_haproxy(self.admin)
 
     def start_mirror(self) -> None:
         python = self.directory / "python"
@@ -304,10 +298,7 @@ class MirrorLab:
             time.sleep(0.2)
 
     def dropped_logs(self) -> int:
-        for line in UnixSocketTransport(self.admin)("show info").splitlines():
-            if line.startswith("DroppedLogs:"):
-                return int(line.split(":", 1)[1])
-        return 0
+        return dropped_logs(UnixSocketTransport(self.admin))
 
     def load(self, seconds: float, rate: float, paths: list[str], out: Path) -> dict[str, Any]:
         """The project's load generator against the frontend for ``seconds``: its report."""
@@ -318,6 +309,18 @@ class MirrorLab:
         subprocess.run(argv, check=True, timeout=seconds + 60)
         report: dict[str, Any] = json.loads(out.read_text())
         return report
+
+
+def wait_for_haproxy(admin: str, timeout: float = 10) -> None:
+    """Until a HAProxy just started answers on its admin socket."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            UnixSocketTransport(admin)("show info")
+            return
+        except HaproxyError:
+            time.sleep(0.05)
+    raise AssertionError(f"HAProxy did not start (nothing answers on {admin})")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtim
     HaproxyError,
     UnixSocketTransport,
 )
+from tests.mirror_lab import wait_for_haproxy
 
 BLUE = {"live": "be_blue", "preview": "be_green"}
 GREEN = {"live": "be_green", "preview": "be_blue"}
@@ -78,14 +78,7 @@ class Lb:
             CONFIG.format(socket=self.socket, port=self.port, preview=self.preview, map=self.map)
         )
         self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                UnixSocketTransport(self.socket)("show info")
-                return
-            except HaproxyError:
-                time.sleep(0.05)
-        raise AssertionError(f"{self.name}: HAProxy did not start")
+        wait_for_haproxy(self.socket)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
