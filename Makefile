@@ -14,7 +14,7 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev git \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
 	iptables haproxy socat rsync procps linux-image-amd64 initramfs-tools e2fsprogs chromium
 
-.PHONY: help deps apt venv collection demo provision reconcile destroy lab-shell test lint unit integration sanity molecule clean
+.PHONY: help deps apt venv collection demo provision reconcile destroy lab-shell test lint unit integration lab-host sanity molecule clean
 
 help:
 	@echo "make demo      - run the main job on the built-in local lab estate (KEEP=1 leaves it up)"
@@ -104,23 +104,34 @@ sanity: deps
 unit: deps
 	pytest -n auto -q tests/unit
 
-integration: deps
-	pytest -q tests/integration
+# the integration tests in two lanes at once (tests/integration/conftest.py: LANES, LaneScheduling): the shared nspawn
+# lab's modules on one worker, the libvirt labs (VM, metal, molecule) on the other, then the rest
+INTEGRATION := pytest -n 2 --dist loadscope --no-loadscope-reorder --durations=15 tests/integration
+
+integration: deps lab-host
+	$(INTEGRATION)
+
+# the labs of both lanes at once hold up to ~35 nspawn machines, each of whose systemd takes ~8 inotify
+# instances of root (the default fs.inotify.max_user_instances, 128, is about 15 machines): raised once
+lab-host:
+	@now=$$(cat /proc/sys/fs/inotify/max_user_instances); if [ "$$now" -lt 1024 ]; then \
+	  echo "lab host: fs.inotify.max_user_instances $$now -> 1024 (the two test lanes' labs run at once)"; \
+	  sysctl -qw fs.inotify.max_user_instances=1024; fi
 
 # molecule/default: the service_instance role on two local libvirt VMs (TCG), created and destroyed
 # by Berth's own provision/destroy playbooks; converge, idempotence, testinfra verify. About 2 min.
+# `make test` runs it in the libvirt lane of the integration tests (tests/integration/test_molecule.py).
 molecule: deps
 	molecule test
 
-# pytest exits 5 when it collected nothing: that is a failure here, never a pass. The time per module
-# and the 15 slowest tests are printed, and when each part began, to keep make test well under 30 min
-test: deps lint sanity
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass. The 15 slowest tests,
+# when each module ran and on which worker are printed, and when each part began, to keep make test
+# well under 30 min
+test: deps lint sanity lab-host
 	@date -u +'unit tests from %T'
-	pytest -n auto -o console_output_style=times --durations=15 tests/unit
-	@date -u +'integration tests from %T'
-	pytest -o console_output_style=times --durations=15 tests/integration
-	@date -u +'molecule from %T'
-	$(MAKE) molecule
+	pytest -n auto --durations=15 tests/unit
+	@date -u +'integration tests (molecule included) from %T'
+	$(INTEGRATION)
 	@date -u +'make test done at %T'
 
 clean:

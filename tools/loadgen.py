@@ -12,6 +12,10 @@ requests in flight finish, reads HAProxy's error counters and writes a JSON repo
 
 A blue-green service has a backend per colour: give --backend once for each. The report's
 ``versions`` says, per load balancer, when the version that answered changed (from the answers).
+A change counts only when it is causally after the version it replaces: an answer of another version
+to a request sent before the current version's first answer arrived may have been routed before the
+switch (an in-flight straggler, answered late), so it is no change; sent after that, it is one
+(the LB then served an older version again: what a zero-downtime switch must never do).
 """
 
 from __future__ import annotations
@@ -93,12 +97,14 @@ class Load:
         # lock inside Event.wait and deadlock it (the generator then never ended: seen once)
         self.told_to_stop = False
         # per target (load balancer): when the version that answered changed, [[t, version], ...]
-        # (which colour or release each LB served, from the answers themselves)
+        # (which colour or release each LB served, from the answers themselves); and when the
+        # current version's first answer arrived, which decides what a change is (saw_version)
         self.versions: dict[str, list[list[Any]]] = {}
+        self.current_since: dict[str, float] = {}
         self.answers: dict[str, dict[str, int]] = {}
         self.versions_lock = threading.Lock()
 
-    def saw_version(self, target: str, status: int, body: bytes) -> None:
+    def saw_version(self, target: str, status: int, body: bytes, sent: float) -> None:
         try:
             version = str(json.loads(body).get("version", ""))
         except (ValueError, AttributeError):
@@ -110,8 +116,11 @@ class Load:
             return
         with self.versions_lock:
             changes = self.versions.setdefault(target, [])
-            if not changes or changes[-1][1] != version:
-                changes.append([round(time.monotonic() - self.started, 3), version])
+            if changes and (changes[-1][1] == version or sent < self.current_since[target]):
+                return  # the same version, or a request sent before the current one was seen
+            now = time.monotonic()
+            self.current_since[target] = now
+            changes.append([round(now - self.started, 3), version])
 
     # --- traffic ---------------------------------------------------------------------------------
 
@@ -136,7 +145,7 @@ class Load:
                 body = response.read()
                 took = time.monotonic() - sent
                 self.short.record(response.status, f"{target.netloc} HTTP {response.status}", took)
-                self.saw_version(target.netloc, response.status, body)
+                self.saw_version(target.netloc, response.status, body, sent)
                 if response.getheader("Connection", "").lower() == "close":
                     connection.close()
                     connection = None

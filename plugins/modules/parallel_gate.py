@@ -14,7 +14,9 @@ description:
     requests compared, mismatches, noise; sampled differences, redacted; copies dropped) - applies
     the strategy's gate - at least O(min_requests) compared requests (fewer is never a pass) and a
     mismatch rate of at most O(max_mismatch_rate) - and records the verdict in
-    C(<state_dir>/rollouts/<service>.parallel.json).
+    C(<state_dir>/rollouts/<service>.parallel.json) (the service's last one) and, as
+    C(parallel_run), in the rollout journal of the service's current rollout (the release being
+    judged), whose report (C(<service>.report.json) and its page) then shows it too.
   - Fails when the gate refuses, naming the worst endpoints; RV(verdict) is returned either way.
 options:
   service:
@@ -81,6 +83,19 @@ verdict:
   description: C(passed), C(reason), C(gate), the merged C(tally) and per load balancer C(lbs).
   returned: always, except in check mode
   type: dict
+journal:
+  description:
+    - The verdict's summary as recorded in the rollout journal (C(parallel_run)), with
+      C(rollout_run), the journal's run it belongs to; empty when no rollout of the service is
+      recorded.
+  returned: always, except in check mode
+  type: dict
+report:
+  description:
+    - The rollout report's page that now shows the verdict (its action plugin renders it again);
+      empty when no report of the current rollout was found.
+  returned: always, except in check mode
+  type: str
 """
 
 from typing import Any
@@ -88,7 +103,13 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure, exit_module
-from ansible_collections.berth.fleet.plugins.module_utils.planner.parallel import judge, write_record
+from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import JournalError
+from ansible_collections.berth.fleet.plugins.module_utils.planner.parallel import (
+    journal_entry,
+    judge,
+    record_in_journal,
+    write_record,
+)
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "service": {"type": "str", "required": True},
@@ -111,15 +132,20 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         return {"changed": False, "skipped": True, "msg": "check mode: a parallel run judges live traffic"}
     verdict = judge(params["results"], params["min_requests"], params["max_mismatch_rate"])
     try:
-        write_record(params["state_dir"], params["service"], params["run_id"], params["target"], verdict)
-    except OSError as exc:
+        record = write_record(
+            params["state_dir"], params["service"], params["run_id"], params["target"], verdict
+        )
+        entry = journal_entry(params["run_id"], params["target"], verdict, record["judged_at"])
+        recorded = record_in_journal(params["state_dir"], params["service"], entry)
+    except (OSError, JournalError) as exc:
         raise ModuleFailure(
             f"{params['service']}: cannot record the parallel run: {exc}", verdict=verdict
         ) from None
+    found = {"verdict": verdict, "journal": recorded, "report": ""}
     what = f"{params['service']} {params['target']}: parallel run {params['run_id']}: {verdict['reason']}"
     if not verdict["passed"]:
-        raise ModuleFailure(f"{what}; the gate refuses the release", verdict=verdict)
-    return {"changed": False, "verdict": verdict, "msg": what}
+        raise ModuleFailure(f"{what}; the gate refuses the release", **found)
+    return {"changed": False, "msg": what, **found}
 
 
 def main() -> None:

@@ -251,6 +251,7 @@ def _tables(report: dict[str, Any]) -> str:
         )
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     rows.append("</table>")
+    rows.append(_parallel_run(report.get("parallel_run") or {}))
     if report["warnings"]:
         rows.append("<h2>Warnings</h2><ul>")
         rows += [f"<li>{html.escape(warning)}</li>" for warning in report["warnings"]]
@@ -258,10 +259,69 @@ def _tables(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _cells(values: tuple[Any, ...], tag: str = "td") -> str:
+    return "<tr>" + "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in values) + "</tr>"
+
+
+def _parallel_run(run: dict[str, Any]) -> str:
+    """The verdict of the parallel run that judged this release, if one did: the gate, the counts,
+    per endpoint and per LB, and the sampled differences (bounded and redacted by the mirror)."""
+    if not run:
+        return ""
+    verdict = "passed" if run.get("passed") else "refused"
+    gate = run.get("gate") or {}
+    parts = [
+        f"<h2 id=parallel-run>Parallel run {html.escape(str(run.get('run_id', '')))}: {verdict}</h2>",
+        f"<p class={'ok' if run.get('passed') else 'halt'}>{html.escape(str(run.get('reason', '')))}</p>",
+        "<p>"
+        + html.escape(
+            f"gate: at least {gate.get('min_requests')} compared, mismatch rate at most "
+            f"{float(gate.get('max_mismatch_rate') or 0):.2%}; compared {run.get('requests', 0)}, mismatches "
+            f"{run.get('mismatches', 0)} ({float(run.get('mismatch_rate') or 0):.2%}), copies dropped "
+            f"{run.get('dropped', 0)}, not judged {run.get('unjudged', 0)}, failed at the candidate "
+            f"{run.get('candidate_failures', 0)}"
+        )
+        + "</p>",
+        "<table>"
+        + _cells(("endpoint", "compared", "mismatches", "noise (the trusted pair differ)", "rate"), "th"),
+    ]
+    for name, counts in sorted(dict(run.get("endpoints") or {}).items()):
+        rate = f"{float(counts.get('mismatch_rate') or 0):.2%}"
+        parts.append(
+            _cells((name, counts.get("requests"), counts.get("mismatches"), counts.get("noisy"), rate))
+        )
+    parts.append("</table>")
+    parts.append(
+        "<table>" + _cells(("load balancer", "candidate", "compared", "mismatches", "dropped"), "th")
+    )
+    for lb, seen in sorted(dict(run.get("lbs") or {}).items()):
+        candidate = "(its mirror could not be read)" if seen.get("missing") else seen.get("candidate")
+        parts.append(
+            _cells((lb, candidate, seen.get("requests"), seen.get("mismatches"), seen.get("dropped")))
+        )
+    parts.append("</table>")
+    samples = list(run.get("samples") or [])
+    if samples:
+        parts.append("<h3>Sampled differences (redacted)</h3>")
+        for sample in samples:
+            trusted, candidate = sample.get("primary") or {}, sample.get("candidate") or {}
+            parts.append(
+                f"<details><summary>{html.escape(str(sample.get('request', '')))}: "
+                f"{html.escape('; '.join(map(str, sample.get('differences') or [])))}</summary><pre>"
+                + html.escape(
+                    f"trusted   {trusted.get('status')} {trusted.get('body', '')}\n"
+                    f"candidate {candidate.get('status')} {candidate.get('body', '')}"
+                )
+                + "</pre></details>"
+            )
+    return "\n".join(parts)
+
+
 STYLE = """
 body { font-family: sans-serif; margin: 1em 2em; color: #222; }
 h1 { font-size: 1.3em; margin: 0.2em 0; } h2 { font-size: 1.1em; margin-top: 1.5em; }
-p { margin: 0.2em 0; } .halt { color: #b00; }
+p { margin: 0.2em 0; } .halt { color: #b00; } .ok { color: #070; }
+pre { white-space: pre-wrap; margin: 0.2em 1em; font-size: 0.9em; } h3 { font-size: 1em; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
 """
 

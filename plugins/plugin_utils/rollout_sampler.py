@@ -183,6 +183,32 @@ class Writer:
         }
 
 
+def amend_report(state_dir: str, service: str, run_id: str, section: str, body: dict[str, Any]) -> str:
+    """A section judged after run ``run_id``'s report was written (a parallel run's verdict, judged
+    once the new colour or the canary ran) added to that report, and its page made again. The
+    page's path; '' when the report on disk is not that run's (none was sampled, or a later run
+    wrote its own) or cannot be read."""
+    data, page = report_paths(state_dir, service)
+    try:
+        report = json.loads(data.read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(report, dict) or report.get("run") != run_id:
+        return ""
+    report[section] = body
+    try:
+        text: str | None = rollout_page.render(report)
+    except Exception as exc:  # plotly missing or broken: the data still lands
+        report["warnings"] = [*report.get("warnings", []), f"no page: {exc!r}"]
+        text = None
+    atomic_write(data, rollout_journal.render(report), mode=0o644)
+    if text is None:
+        page.unlink(missing_ok=True)
+        return ""
+    atomic_write(page, text, mode=0o644)
+    return str(page)
+
+
 def _signature(path: Path) -> tuple[int, int, int]:
     """What changes whenever the journal is written (it is replaced by a rename)."""
     try:

@@ -64,7 +64,13 @@ def run_playbook(playbook: Path, inventory: str, *flags: str) -> PlaybookRun:
         text=True,
         check=False,
     )
-    return PlaybookRun(proc.returncode, proc.stdout + proc.stderr, round(time.monotonic() - started, 2))
+    run = PlaybookRun(proc.returncode, proc.stdout + proc.stderr, round(time.monotonic() - started, 2))
+    keep = os.environ.get("BERTH_TEST_PLAYBOOK_LOGS")  # a folder: every run's output kept there
+    if keep:
+        name = f"{time.strftime('%H%M%S')}-{os.getpid()}-{playbook.stem}-{run.seconds}s.log"
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        (Path(keep) / name).write_text(run.output)
+    return run
 
 
 def local_play(name: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,34 +107,51 @@ def _pid_namespace(pid: str) -> str:
         return ""
 
 
-def host_snapshot() -> dict[str, Any]:
-    """What a lab run could leave behind: namespaces, mounts, links, containers, nspawn processes, cgroups."""
+def _mentions(text: str, environments: Sequence[str]) -> bool:
+    return any(environment in text for environment in environments)
+
+
+def host_snapshot(*environments: str) -> dict[str, Any]:
+    """What the labs of these environments could leave behind: namespaces, mounts, containers, nspawn
+    processes and cgroups, each named by Berth with its environment's name (berth-<env>,
+    /var/lib/berth/machines/<env>-<host>, /berth/<env>-<host>); and the host's own links and IP
+    forwarding, which no lab may touch. Other labs (the other lane of `make test`) come and go meanwhile:
+    what they own is not this lab's to answer for."""
+    assert environments, "name the environments whose traces to look for"
     own_pidns = _pid_namespace("self")
     in_containers: set[str] = set()
     nspawn: set[str] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        namespace = _pid_namespace(entry.name)
-        if namespace and namespace != own_pidns:
-            in_containers.add(entry.name)
         try:
-            if b"systemd-nspawn" in (entry / "cmdline").read_bytes():
+            namespace = _pid_namespace(entry.name)
+            if (
+                namespace
+                and namespace != own_pidns
+                and _mentions((entry / "cgroup").read_text(), environments)
+            ):
+                in_containers.add(entry.name)
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if "systemd-nspawn" in cmdline and _mentions(cmdline, environments):
                 nspawn.add(entry.name)
         except OSError:
             pass
     return {
-        "netns": _netns_names(),
+        "netns": [name for name in _netns_names() if _mentions(name, environments)],
         "mounts": sorted(
             line.split(" ")[4]
             for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if "berth" in line
+            if "berth" in line and _mentions(line, environments)
         ),
         "links": sorted(line.split()[0] for line in _lines(["ip", "-br", "link"])),
         "processes_in_other_pid_namespaces": sorted(in_containers),
         "nspawn_processes": sorted(nspawn),
         "berth_cgroups": sorted(
-            str(path) for hierarchy in Path("/sys/fs/cgroup").iterdir() for path in hierarchy.glob("**/berth")
+            str(path)
+            for hierarchy in Path("/sys/fs/cgroup").iterdir()
+            for path in hierarchy.glob("**/berth/*")
+            if path.is_dir() and _mentions(path.name, environments)
         ),
         "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
     }

@@ -114,7 +114,7 @@ def lab_estate(
         environment=environment,
         spec=lab_spec(lab_workdir / f"{environment}.berth.yml", environment, state_dir),
         state_dir=state_dir,
-        baseline=host_snapshot(),
+        baseline=host_snapshot(environment),
     )
     estate.hostvars = inventory_hostvars(estate.spec)
     with destroyed_afterwards(
@@ -189,7 +189,7 @@ def test_a_wrong_host_key_is_refused(lab_estate: Estate, tmp_path: Path) -> None
 
 
 def test_the_lab_network_stays_inside_its_namespace(lab_estate: Estate) -> None:
-    now = host_snapshot()
+    now = host_snapshot(lab_estate.environment)
     assert now["links"] == lab_estate.baseline["links"], (
         "a lab interface appeared in the machine's own namespace"
     )
@@ -317,11 +317,11 @@ def test_stop_and_start_keep_the_host_key(lab_estate: Estate, lab_playbook: Call
 def test_check_mode_on_a_fresh_topology_changes_nothing(lab_estate: Estate, lab_workdir: Path) -> None:
     fresh_env = f"c{lab_estate.run_id}"
     fresh = lab_spec(lab_workdir / "fresh.berth.yml", fresh_env, lab_workdir / "fresh-state", shape="ci")
-    before = host_snapshot()
+    before = host_snapshot(lab_estate.environment, fresh_env)
     checked = run_playbook(PROVISION, str(fresh), "--check", "--diff")
     assert checked.returncode == 0, checked.output[-4000:]
     assert checked.recap["changed"] > 0, checked.output[-4000:]  # it says what it would do
-    after = host_snapshot()
+    after = host_snapshot(lab_estate.environment, fresh_env)
     # processes inside the running machines come and go (ssh sessions, timers): compare the rest
     for snapshot in (before, after):
         snapshot.pop("processes_in_other_pid_namespaces")
@@ -336,9 +336,9 @@ def test_destroy_leaves_the_host_as_it_was(lab_estate: Estate, lab_metrics: Any)
     assert down.returncode == 0, down.output[-4000:]
     lab_metrics.add(f"destroy of {len(lab_estate.nodes)} machines + network: {down.seconds} s")
     deadline = time.monotonic() + 10  # PID 1 reaps the exited nspawn processes asynchronously
-    while host_snapshot() != lab_estate.baseline and time.monotonic() < deadline:
+    while host_snapshot(lab_estate.environment) != lab_estate.baseline and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert host_snapshot() == lab_estate.baseline
+    assert host_snapshot(lab_estate.environment) == lab_estate.baseline
     for node in lab_estate.nodes:
         assert not (MACHINES_DIR / node["name"]).exists()
     assert not (lab_estate.state_dir / lab_estate.environment).exists()
@@ -355,7 +355,7 @@ def test_dev_and_ci_shapes_provision_and_destroy(shape: str, lab_run_id: str, la
     )
     hostvars = inventory_hostvars(spec)
     machines = nodes(hostvars, sorted(hostvars))
-    baseline = host_snapshot()
+    baseline = host_snapshot(environment)
     with destroyed_afterwards(spec, f"berth-{environment}", machines=lambda: [m["name"] for m in machines]):
         up = run_playbook(PROVISION, str(spec))
         assert up.returncode == 0, up.output[-4000:]
@@ -372,6 +372,6 @@ def test_dev_and_ci_shapes_provision_and_destroy(shape: str, lab_run_id: str, la
     if shape == "ci":  # four instances, one machine: one node carries them all
         assert len(machines) == 2 and len(machines[0]["hosts"] + machines[1]["hosts"]) == 5
     deadline = time.monotonic() + 10
-    while host_snapshot() != baseline and time.monotonic() < deadline:
+    while host_snapshot(environment) != baseline and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert host_snapshot() == baseline
+    assert host_snapshot(environment) == baseline

@@ -171,7 +171,7 @@ def assert_secret_free(lab: MetalLab, *secrets: str) -> None:
 
 def test_an_unreachable_bmc_fails_clearly_and_leaks_no_password(tmp_path: Path, lab_run_id: str) -> None:
     """A real estate (no lab) whose BMCs do not answer: bounded retries, then one clear error."""
-    before = host_snapshot()
+    before = host_snapshot(f"mu{lab_run_id}")
     raw = metal_spec(tmp_path / "real.berth.yml", f"mu{lab_run_id}", tmp_path / "state", lab=False)
     spec = tmp_path / "real.berth.yml"
     secret = "Unreachable-BMC-pass-7f3a"
@@ -182,7 +182,7 @@ def test_an_unreachable_bmc_fails_clearly_and_leaks_no_password(tmp_path: Path, 
     assert first in run.output, run.output[-4000:]
     assert "refused" in run.output.lower() or "no answer" in run.output.lower(), run.output[-4000:]
     assert secret not in run.output
-    assert host_snapshot() == before
+    assert host_snapshot(f"mu{lab_run_id}") == before
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def metal_lab(lab_run_id: str, lab_workdir: Path, lab_metrics: Any) -> Iterator[
     state_dir = lab_workdir / "metal-state"
     (lab_workdir / "metal").mkdir(exist_ok=True)
     raw = metal_spec(lab_workdir / "metal" / f"{environment}.berth.yml", environment, state_dir)
-    lab = MetalLab(environment, lab_workdir, state_dir, raw, host_snapshot())
+    lab = MetalLab(environment, lab_workdir, state_dir, raw, host_snapshot(environment))
     write(lab.spec, raw)
 
     def stop_bmcs() -> list[str]:
@@ -313,4 +313,4 @@ def test_destroy_powers_the_hosts_off_and_retires_them(metal_lab: MetalLab, lab_
     metal_lab.torn_down = down.returncode == 0
     assert down.returncode == 0, down.output[-4000:]
     assert not any((BMC_DIR / host).exists() for host in metal_lab.hosts)
-    assert host_snapshot() == metal_lab.baseline
+    assert host_snapshot(metal_lab.environment) == metal_lab.baseline

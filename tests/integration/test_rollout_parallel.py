@@ -33,7 +33,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, nspawn)"),
 ]
 
-GATE = {"min_requests": 400, "max_mismatch_rate": 0.01}
+GATE = {"min_requests": 400, "max_mismatch_rate": 0.01, "max_seconds": 120}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,25 @@ def verdict(lab: RolloutLab, service: str = SERVICE) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
+def journal_and_report(lab: RolloutLab, found: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The verdict as the rollout journal of the candidate colour's rollout and its report keep it
+    (the same summary in both; the page shows it); and the page."""
+    rollouts = lab.workdir / "state" / lab.environment / "rollouts"
+    journal = json.loads((rollouts / f"{SERVICE}.json").read_text())
+    entry = journal["parallel_run"]
+    assert (entry["run_id"], entry["passed"], entry["reason"]) == (
+        found["run_id"],
+        found["passed"],
+        found["reason"],
+    )
+    assert entry["rollout_run"] == journal["run"]["id"] and entry["target"] == journal["target"]
+    report = json.loads((rollouts / f"{SERVICE}.report.json").read_text())
+    assert report["run"] == journal["run"]["id"] and report["parallel_run"] == entry
+    page = (rollouts / f"{SERVICE}.report.html").read_text()
+    assert f"Parallel run {found['run_id']}: {'passed' if found['passed'] else 'refused'}" in page
+    return entry, page
+
+
 def test_a_parallel_run_that_would_decide_nothing_is_refused_before_anything_is_touched(
     lab: RolloutLab,
 ) -> None:
@@ -111,7 +130,10 @@ def test_a_release_that_differs_only_in_noise_passes_the_gate_and_goes_live_unde
     assert tally["endpoints"]["GET /"]["noisy"] == tally["endpoints"]["GET /"]["requests"]
     assert all(lb["requests"] > 0 for lb in found["lbs"].values()), found["lbs"]  # each LB its own users'
     assert f"parallel run: mismatch rate 0.00% within 1.00% of {tally['requests']} request(s)" in text(run)
+    assert "is judged, in seconds at most 120" in text(run)  # the gate's own max_seconds
     assert set(served(lab).values()) == {"v6"}
+    entry, page = journal_and_report(lab, found)
+    assert entry["requests"] == tally["requests"] and "GET /" in page
     lab_metrics.add(
         f"parallel run v1 -> v6 (blue-green, gate {GATE['min_requests']} requests): {run.seconds} s in all, "
         f"{tally['requests']} compared, 0 mismatches, {tally['dropped'] + tally['haproxy_dropped']} dropped; "
@@ -136,6 +158,8 @@ def test_a_release_that_answers_one_endpoint_differently_is_refused_before_any_u
     assert not found["passed"] and found["tally"]["endpoints"]["GET /"]["mismatch_rate"] == 1.0
     sample = found["tally"]["samples"][0]
     assert sample["differences"] == ["$.greeting"], sample
+    entry, page = journal_and_report(lab, found)
+    assert entry["samples"][0]["differences"] == ["$.greeting"] and "$.greeting" in page
 
 
 def test_a_canary_whose_answers_differ_is_aborted_before_its_first_step(lab: RolloutLab) -> None:

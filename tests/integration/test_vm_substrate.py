@@ -121,9 +121,9 @@ def domain_memory_kib(name: str, inactive: bool = False) -> int:
 
 def test_bad_specs_fail_before_anything_is_touched(tmp_path: Path, lab_run_id: str) -> None:
     """A spec error and an unreachable hypervisor: a clear message naming the file/key, nothing made."""
-    before = host_snapshot()
-    daemons = libvirtd_pids()
     environment = f"vb{lab_run_id}"
+    before = host_snapshot(environment)
+    daemons = libvirtd_pids()
     bad_key = vm_spec(tmp_path / "bad.berth.yml", environment, tmp_path / "state")
     raw = yaml.safe_load(bad_key.read_text())
     raw["estate"]["datacenters"]["dc1"]["hypervisors"]["lab-hv-dc1"]["domain_type"] = "hvf"
@@ -152,7 +152,7 @@ def test_bad_specs_fail_before_anything_is_touched(tmp_path: Path, lab_run_id: s
     run = run_playbook(PROVISION, str(unreachable), "-e", keys)
     assert run.returncode != 0
     assert "cannot connect to libvirt at qemu+tcp://127.0.0.1:9/system" in run.output, run.output[-3000:]
-    assert host_snapshot() == before
+    assert host_snapshot(environment) == before
     assert libvirtd_pids() == daemons
 
 
@@ -174,7 +174,7 @@ def vm_lab(lab_run_id: str, lab_workdir: Path, lab_metrics: Any) -> Iterator[VmL
         spec=vm_spec(lab_workdir / f"{environment}.berth.yml", environment, state_dir),
         state_dir=state_dir,
         workdir=lab_workdir,
-        baseline=host_snapshot(),
+        baseline=host_snapshot(environment),
         libvirtd_before=daemons,
     )
     lab.hostvars = inventory_hostvars(lab.spec)
@@ -189,7 +189,7 @@ def vm_lab(lab_run_id: str, lab_workdir: Path, lab_metrics: Any) -> Iterator[VmL
         dry = run_playbook(PROVISION, str(lab.spec), "--check", "--diff")
         assert dry.returncode == 0, dry.output[-6000:]
         assert "the lab libvirtd is not running yet" in dry.output
-        assert host_snapshot() == lab.baseline and libvirtd_pids() == daemons
+        assert host_snapshot(environment) == lab.baseline and libvirtd_pids() == daemons
         assert not lab.pool_path.exists() and not (state_dir / environment / "hostkeys").exists()
         lab_metrics.add(f"provision --check of the VM lab before it exists (nothing made): {dry.seconds} s")
         up = run_playbook(PROVISION, str(lab.spec))
@@ -302,6 +302,6 @@ def test_destroy_removes_domains_volumes_libvirtd_and_leaves_the_machine_as_befo
     assert libvirtd_pids() == vm_lab.libvirtd_before
     assert not vm_lab.pool_path.exists()
     assert not (vm_lab.state_dir / vm_lab.environment).exists()
-    assert host_snapshot() == vm_lab.baseline
+    assert host_snapshot(vm_lab.environment) == vm_lab.baseline
     again = run_playbook(DESTROY, str(vm_lab.spec))
     assert again.returncode == 0 and again.changed == 0, again.output[-3000:]

@@ -332,6 +332,7 @@ def test_a_parallel_run_and_its_gate_reach_the_service_descriptor(tmp_path: Path
     assert descriptor["strategy"]["blue_green"]["parallel_run"] == {
         "min_requests": 200,
         "max_mismatch_rate": 0.001,
+        "max_seconds": 300.0,  # the default
     }
     catalog = inventory(path)["_meta"]["hostvars"]["catalog-1"]["berth_service_spec"]
     assert catalog["parallel_run"] is None

@@ -210,6 +210,19 @@ CORPUS: dict[str, tuple[Any, str]] = {
         "environment.services.orders.strategy.blue_green.parallel_run.max_mismatch_rate: expected a rate from 0 "
         "to 1 (0.01 is 1 %), got integer 2",
     ),
+    "parallel-run-gate-max-seconds-not-seconds": (
+        {
+            "environment.services.orders.parallel_run": {},
+            "environment.services.orders.strategy": {
+                "blue_green": {
+                    "preview_port": 18090,
+                    "parallel_run": {"min_requests": 100, "max_mismatch_rate": 0.01, "max_seconds": "5m"},
+                }
+            },
+        },
+        "environment.services.orders.strategy.blue_green.parallel_run.max_seconds: expected the seconds the "
+        "parallel run may take to compare min_requests, from 1 to 86400, got string '5m'",
+    ),
     "parallel-run-gate-on-a-service-not-in-parallel-run": (
         {
             "environment.services.orders.strategy": {

@@ -8,6 +8,9 @@ bench/mirror_overhead.py, never asserted here.
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -367,3 +370,43 @@ def test_a_rerun_of_the_same_run_never_takes_the_last_runs_results(tmp_path: Pat
     run.run(request("stopped"), check_mode=False)
     run.run(request("started"), check_mode=False)  # the same run again: the mirror starts afresh
     assert not units.results_at_start, "the last run's results were still there when the mirror started"
+
+
+def test_serve_reads_while_a_slow_disk_holds_the_writer_and_writes_once_more_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """The socket's reader never waits for a results write (the writer is a thread of its own): with
+    every write held up, the copies sent meanwhile are all read and judged."""
+    mirror = Mirror(
+        config(results=str(tmp_path / "results.json"), queue=100),
+        fetch=lambda target, copy, timeout: Answer(200, {}, b"{}"),
+    )
+    first_write = mirror.write_results
+    held = threading.Event()
+
+    def slow_write() -> None:
+        if threading.current_thread().name == "results":  # the writer's periodic flush: a slow disk
+            held.set()
+            time.sleep(1.0)
+        first_write()
+
+    mirror.write_results = slow_write  # type: ignore[method-assign]
+    reader, sender = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    serving = threading.Thread(target=mirror.serve, args=(reader,), kwargs={"flush_seconds": 0.1})
+    serving.start()
+    try:
+        assert held.wait(5), "the writer flushed"
+        line = json.dumps({"method": "GET", "target": "/a", "headers": ""}).encode()
+        for _copy in range(50):  # while the writer sleeps on its write
+            sender.send(line)
+        deadline = time.monotonic() + 0.5
+        while mirror.received < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert mirror.received == 50, "the reader went on reading during the write"
+    finally:
+        mirror.stopping.set()
+        serving.join(10)
+        reader.close()
+        sender.close()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (results["received"], results["requests"], results["dropped"]) == (50, 50, 0)

@@ -12,8 +12,13 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.berth.fleet.plugins.filter.mirror import parallel_results, parallel_targets
 from ansible_collections.berth.fleet.plugins.module_utils.common.failure import ModuleFailure
+from ansible_collections.berth.fleet.plugins.module_utils.planner import journal as rollout_journal
 from ansible_collections.berth.fleet.plugins.module_utils.planner.parallel import ParallelError, plan_targets
+from ansible_collections.berth.fleet.plugins.module_utils.planner.timeline import build_report
 from ansible_collections.berth.fleet.plugins.modules import parallel_gate
+from ansible_collections.berth.fleet.plugins.plugin_utils.rollout_sampler import amend_report, report_paths
+
+RECORDED = Path(__file__).resolve().parents[1] / "data" / "rollout-report"
 
 
 def test_each_lb_compares_two_different_trusted_instances_and_the_lbs_spread_over_the_candidates() -> None:
@@ -108,3 +113,65 @@ def test_the_filters_give_each_lb_its_addresses_and_collect_what_each_found() ->
     }
     with pytest.raises(AnsibleFilterError, match="parallel_targets: a parallel run needs a candidate"):
         parallel_targets(["lb-dc1"], hostvars, ["orders-1"], [])
+
+
+def sampled(endpoint: str) -> dict[str, Any]:
+    return {
+        "endpoint": endpoint,
+        "request": "GET /orders/7",
+        "differences": ["$.total: 12 != 13"],
+        "primary": {"status": 200, "headers": {"authorization": "(redacted)"}, "body": '{"total": 12}'},
+        "candidate": {"status": 200, "headers": {}, "body": '{"total": 13}'},
+    }
+
+
+def test_the_verdict_goes_into_the_journal_of_the_rollout_it_judged_and_its_report(tmp_path: Path) -> None:
+    # no rollout recorded: nothing to attach the verdict to (the record file still has it)
+    alone = gate(tmp_path, {"lb-dc1": results(150, 0)})
+    assert alone["journal"] == {} and (tmp_path / "rollouts" / "orders.parallel.json").exists()
+
+    path = rollout_journal.journal_path(str(tmp_path), "orders")
+    earlier = {"service": "orders", "target": "v1", "status": "complete", "run": {"id": "r6"}}
+    rollout_journal.save(path, earlier)  # the rollout of v1 (a canary of v2 has none of its own)
+    assert gate(tmp_path, {"lb-dc1": results(150, 0)})["journal"] == {}
+    assert rollout_journal.load(path) == earlier
+    rollout_journal.save(
+        path, {"service": "orders", "target": "v2", "status": "complete", "run": {"id": "r7"}}
+    )
+    bad = results(60, 5, "GET /orders/{id}")
+    bad["samples"] = [sampled("GET /orders/{id}")]
+    with pytest.raises(ModuleFailure) as refused:
+        gate(tmp_path, {"lb-dc1": bad, "lb-dc2": results(50, 0)})
+    entry = refused.value.fields["journal"]
+    journal = rollout_journal.load(path)
+    assert journal["parallel_run"] == entry and journal["status"] == "complete"  # nothing else changed
+    assert (entry["rollout_run"], entry["run_id"], entry["target"], entry["passed"]) == (
+        "r7",
+        "orders-v2-1",
+        "v2",
+        False,
+    )
+    assert (entry["requests"], entry["mismatches"], entry["dropped"]) == (110, 5, 6)
+    assert (
+        entry["endpoints"]["GET /orders/{id}"]["mismatches"] == 5
+        and entry["samples"][0]["request"] == "GET /orders/7"
+    )
+    assert "GET /orders/{id}: 5 of 60" in entry["reason"]
+
+    # the report of that run gets the section and its page again; another run's report is left alone
+    data, page = report_paths(str(tmp_path), "orders")
+    data.write_text(json.dumps({"run": "r6", "service": "orders"}))
+    assert amend_report(str(tmp_path), "orders", "r7", "parallel_run", entry) == ""
+    assert "parallel_run" not in json.loads(data.read_text()) and not page.exists()
+    recorded = json.loads((RECORDED / "journal.json").read_text())
+    samples = json.loads((RECORDED / "samples.json").read_text())
+
+    report = build_report({**recorded, "run": {**recorded["run"], "id": "r7"}}, samples, 0.25)
+    data.write_text(json.dumps(report))
+    assert amend_report(str(tmp_path), "orders", "r7", "parallel_run", entry) == str(page)
+    assert json.loads(data.read_text())["parallel_run"] == entry
+    text = page.read_text()
+    assert "Parallel run orders-v2-1: refused" in text and "GET /orders/{id}" in text
+    assert "$.total: 12 != 13" in text and "candidate 200 {&quot;total&quot;: 13}" in text
+    # a report made once the verdict is in the journal (a rerun's) shows it as well
+    assert build_report({**recorded, "parallel_run": entry}, samples, 0.25)["parallel_run"] == entry

@@ -19,7 +19,7 @@ blue-green or canary strategy may set on it (``strategy.<kind>.parallel_run``)::
     strategy:
       blue_green:
         ...
-        parallel_run: {min_requests: 200, max_mismatch_rate: 0.001}
+        parallel_run: {min_requests: 200, max_mismatch_rate: 0.001, max_seconds: 300}
 
 Every value is checked here, before anything is touched (issue 13).
 """
@@ -44,6 +44,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.topology import 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 METHODS = (*SAFE_METHODS, "POST", "PUT", "PATCH", "DELETE")
 MODES = ("json", "text", "status")
+DEFAULT_GATE_SECONDS = 300  # how long a gate waits for its min_requests by default
 HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -68,10 +69,19 @@ def parse_parallel_run(reader: Reader, raw: Any, key: str) -> ParallelRun:
 
 def parse_gate(reader: Reader, raw: Any, key: str) -> ParallelGate:
     body = reader.mapping(raw, key)
-    reader.keys(body, key, ("min_requests", "max_mismatch_rate"), ())
+    reader.keys(body, key, ("min_requests", "max_mismatch_rate"), ("max_seconds",))
+    max_seconds = body.get("max_seconds", DEFAULT_GATE_SECONDS)
+    seconds_ok = isinstance(max_seconds, int | float) and not isinstance(max_seconds, bool)
+    if not seconds_ok or not 1 <= max_seconds <= 86400:
+        raise reader.fail(
+            dotted(key, "max_seconds"),
+            f"expected the seconds the parallel run may take to compare min_requests, from 1 to 86400, "
+            f"got {describe(max_seconds)}",
+        )
     return ParallelGate(
         min_requests=reader.integer(body["min_requests"], dotted(key, "min_requests"), 1),
         max_mismatch_rate=_rate(reader, body["max_mismatch_rate"], dotted(key, "max_mismatch_rate")),
+        max_seconds=float(max_seconds),
     )
 
 

@@ -199,13 +199,19 @@ class Analysis:
 class ParallelGate:
     """A release that waits for its parallel run: at least ``min_requests`` compared requests and
     a mismatch rate of at most ``max_mismatch_rate`` before a blue-green switch or a canary's
-    first weight step (issue 13; ``common/compare.py`` ``gate``)."""
+    first weight step (issue 13; ``common/compare.py`` ``gate``); the mirrors compare for at most
+    ``max_seconds`` (fewer requests by then: refused, never a pass)."""
 
     min_requests: int
     max_mismatch_rate: float
+    max_seconds: float = 300.0  # how long the LBs' mirrors may take to compare min_requests
 
     def as_dict(self) -> dict[str, Any]:
-        return {"min_requests": self.min_requests, "max_mismatch_rate": self.max_mismatch_rate}
+        return {
+            "min_requests": self.min_requests,
+            "max_mismatch_rate": self.max_mismatch_rate,
+            "max_seconds": self.max_seconds,
+        }
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ Each LB mirrors its own users' requests (``drivers/mirror``). ``plan_targets`` g
 primary and a secondary among the trusted instances and a candidate, turning through them so that
 the LBs spread the copies; ``judge`` merges what every LB found (``common/compare.merge``) and
 applies the strategy's gate; ``write_record`` keeps the last verdict of a service in
-``<state_dir>/rollouts/<service>.parallel.json`` for the operator and the report.
+``<state_dir>/rollouts/<service>.parallel.json`` for the operator, and ``record_in_journal`` puts
+its summary (``journal_entry``: the verdict, the counts per endpoint, the bounded and redacted
+sampled diffs) in the rollout journal as ``parallel_run``, where the rollout report finds it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.compare import gate, merge
 from ansible_collections.berth.fleet.plugins.module_utils.common.fs import write_json_object
+from ansible_collections.berth.fleet.plugins.module_utils.planner import journal as rollout_journal
 
 
 class ParallelError(ValueError):
@@ -82,3 +85,48 @@ def write_record(
     body = {"service": service, "run_id": run_id, "target": target, "judged_at": time.time(), **verdict}
     write_json_object(record_path(state_dir, service), body)
     return body
+
+
+def journal_entry(run_id: str, target: str, verdict: Mapping[str, Any], judged_at: float) -> dict[str, Any]:
+    """What the journal and the report keep of a parallel run: the verdict and its reason, the gate,
+    the counts (compared, mismatched, dropped, not judged, failed at the candidate), per endpoint
+    and per LB, and the sampled diffs (bounded by ``common.compare.merge``; the mirror redacted
+    them before they left the LB)."""
+    tally = verdict.get("tally") or {}
+    return {
+        "run_id": run_id,
+        "target": target,
+        "judged_at": round(judged_at, 3),
+        "passed": bool(verdict.get("passed")),
+        "reason": str(verdict.get("reason", "")),
+        "gate": dict(verdict.get("gate") or {}),
+        "requests": int(tally.get("requests", 0)),
+        "mismatches": int(tally.get("mismatches", 0)),
+        "mismatch_rate": float(tally.get("mismatch_rate", 0.0)),
+        "dropped": int(tally.get("dropped", 0)) + int(tally.get("haproxy_dropped", 0)),
+        "unjudged": int(tally.get("unjudged", 0)),
+        "candidate_failures": int(tally.get("candidate_failures", 0)),
+        "endpoints": dict(tally.get("endpoints") or {}),
+        "samples": list(tally.get("samples") or []),
+        "lbs": dict(verdict.get("lbs") or {}),
+    }
+
+
+def record_in_journal(state_dir: str, service: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """``entry`` as the journal's ``parallel_run`` (it replaces an earlier one: a rerun judges again),
+    with ``rollout_run``, the id of the journal's current run (the one that deployed the candidate,
+    whose report shows it). Nothing when the journal's rollout is not of the candidate's release
+    (a canary starts beside the stable instances without a rollout of its own: its record's reason
+    says what the gate found, the record file has the rest), or none is recorded; a rollout that
+    starts later writes a journal without it. What was recorded ({}: nothing)."""
+    path = rollout_journal.journal_path(state_dir, service)
+    recorded: dict[str, Any] = {}
+
+    def change(journal: dict[str, Any]) -> dict[str, Any]:
+        if not journal or journal.get("target") != entry.get("target"):
+            return journal
+        recorded.update(entry, rollout_run=(journal.get("run") or {}).get("id"))
+        return {**journal, "parallel_run": dict(recorded)}
+
+    rollout_journal.update(path, change)
+    return recorded

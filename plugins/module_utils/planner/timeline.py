@@ -296,4 +296,6 @@ def build_report(
     }
     if journal.get("status") == "halted":
         report["halted_at"], report["reason"] = journal.get("halted_at"), journal.get("reason")
+    if journal.get("parallel_run"):  # judged after the run (then the gate adds it to the report)
+        report["parallel_run"] = journal["parallel_run"]
     return report

@@ -345,30 +345,42 @@ class Mirror:
                 os.unlink(temporary)
             raise
 
+    def flush(self, flush_seconds: float) -> None:
+        """The writer's side: the results every ``flush_seconds`` until stopped (a thread of its
+        own, so that the reader only ever reads: a write that waits on the disk never leaves
+        HAProxy's copies to the socket's buffer, which drops them when full)."""
+        while not self.stopping.wait(flush_seconds):
+            try:
+                self.write_results()
+            except OSError as exc:  # the next flush tries again; the last one, at the end, raises
+                say(f"the results could not be written: {exc}")
+
     def serve(self, sock: socket.socket, flush_seconds: float = 1.0) -> None:
         """Read the socket until stopped; the workers replay; the results are written every
-        ``flush_seconds`` and once more at the end."""
+        ``flush_seconds`` (by the writer thread) and once more at the end."""
         workers = [threading.Thread(target=self.work, daemon=True) for _index in range(self.config.workers)]
         for worker in workers:
             worker.start()
         sock.settimeout(0.2)
-        flushed = time.monotonic()
         self.write_results()
-        while not self.stopping.is_set():
-            try:
-                line = sock.recv(MAX_LINE + 1)
-            except TimeoutError:
-                line = b""
-            except OSError as exc:
-                if self.stopping.is_set():
-                    break
-                say(f"the socket failed: {exc}")
-                raise
-            if line:
-                self.offer(line)
-            if time.monotonic() - flushed >= flush_seconds:
-                self.write_results()
-                flushed = time.monotonic()
+        writer = threading.Thread(target=self.flush, args=(flush_seconds,), daemon=True, name="results")
+        writer.start()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    line = sock.recv(MAX_LINE + 1)
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    if self.stopping.is_set():
+                        break
+                    say(f"the socket failed: {exc}")
+                    raise
+                if line:
+                    self.offer(line)
+        finally:
+            self.stopping.set()
+            writer.join(timeout=flush_seconds + 5)
         for _worker in workers:
             with contextlib.suppress(queue.Full):
                 self.copies.put(None, timeout=self.config.timeout + 1)
