@@ -18,7 +18,8 @@ class ActionModule(ControllerAction):
             result["report"] = amend_report(
                 str(args["state_dir"]),
                 str(args["service"]),
-                str(recorded["rollout_run"]),
+                recorded["rollout_run"],
+                str(recorded["target"]),
                 "parallel_run",
                 recorded,
             )

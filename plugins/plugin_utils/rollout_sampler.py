@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils.common.fs import atomic_write
+from ansible_collections.berth.fleet.plugins.module_utils.common.fs import FileLock, atomic_write
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.counters import read_counters
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.haproxy.runtime import UnixSocketTransport
 from ansible_collections.berth.fleet.plugins.module_utils.planner import journal as rollout_journal
@@ -152,7 +152,14 @@ class Writer:
         self.warnings.append("the rollout task stopped before the run ended: sampling stopped")
 
     def write(self, samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-        """The report of the run, from the journal as the run left it and the samples."""
+        """The report of the run, from the journal as the run left it and the samples; the journal
+        is read under the report's lock, so a section judged meanwhile (``amend_report``) is either
+        in the journal read here or added to this report once it is written."""
+        data, _page = report_paths(self.where["state_dir"], self.where["service"], self.where["scope"])
+        with report_lock(data):
+            return self._write(samples)
+
+    def _write(self, samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         path = rollout_journal.where_path(self.where)
         try:
             journal = rollout_journal.load(path)
@@ -183,17 +190,32 @@ class Writer:
         }
 
 
-def amend_report(state_dir: str, service: str, run_id: str, section: str, body: dict[str, Any]) -> str:
+def report_lock(data: Path) -> FileLock:
+    """Held while a report is written or amended (the sampler's writer, ``amend_report``)."""
+    data.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return FileLock(data.with_name(f".{data.name}.lock"))
+
+
+def amend_report(
+    state_dir: str, service: str, run_id: Any, target: str, section: str, body: dict[str, Any]
+) -> str:
     """A section judged after run ``run_id``'s report was written (a parallel run's verdict, judged
-    once the new colour or the canary ran) added to that report, and its page made again. The
-    page's path; '' when the report on disk is not that run's (none was sampled, or a later run
-    wrote its own) or cannot be read."""
+    once the new colour ran; the caller recorded it in the journal first) added to that report, and
+    its page made again. The page's path; '' when the report on disk is not that run's - not yet
+    written (its writer then reads the section from the journal), or another rollout's - or
+    cannot be read."""
     data, page = report_paths(state_dir, service)
+    with report_lock(data):
+        return _amend(data, page, run_id, target, section, body)
+
+
+def _amend(data: Path, page: Path, run_id: Any, target: str, section: str, body: dict[str, Any]) -> str:
     try:
         report = json.loads(data.read_text())
     except (OSError, ValueError):
         return ""
-    if not isinstance(report, dict) or report.get("run") != run_id:
+    # a run's id counts the runs of one rollout (every rollout's first is 1): the target tells them apart
+    if not isinstance(report, dict) or report.get("run") != run_id or report.get("target") != target:
         return ""
     report[section] = body
     try:

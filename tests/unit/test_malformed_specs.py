@@ -32,7 +32,7 @@ CORPUS: dict[str, tuple[Any, str]] = {
     ),
     "did-you-mean-port": (
         {"services.catalog.prot": 8080},
-        "services.catalog.prot: unknown key (allowed: artifact, version, port, health, resources, substrate); "
+        "services.catalog.prot: unknown key (allowed: artifact, version, port, health, resources, substrate, database); "
         "did you mean 'port'?",
     ),
     "did-you-mean-max-skew": (
@@ -234,6 +234,67 @@ CORPUS: dict[str, tuple[Any, str]] = {
         },
         "environment.services.orders.strategy.canary.parallel_run: a gate on a parallel run, and orders has none "
         "here: give environment.services.orders.parallel_run its settings, or drop the gate",
+    ),
+    "database-name-not-a-postgresql-name": (
+        {"services.orders.database": {"name": "Orders-DB"}},
+        "services.orders.database.name: expected a PostgreSQL name: lower-case letters, digits and '_', a "
+        "letter or '_' first, at most 63 characters, got string 'Orders-DB'",
+    ),
+    "database-name-berth-uses": (
+        {"services.orders.database": {"name": "postgres"}},
+        "services.orders.database.name: expected a name of the service's own, got 'postgres': Berth uses it itself",
+    ),
+    "database-without-a-mode-here": (
+        {"services.orders.database": {}},
+        "environment.services.orders.database: is required: orders has a database (services.orders.database); "
+        "say how this environment provides it: {mode: shared} or {mode: dedicated, replicas: N}",
+    ),
+    "database-mode-unknown": (
+        {"services.orders.database": {}, "environment.services.orders.database": {"mode": "sharded"}},
+        "environment.services.orders.database.mode: expected one of shared, dedicated, got 'sharded'",
+    ),
+    "database-for-a-service-without-one": (
+        {"environment.services.catalog.database": {"mode": "shared"}},
+        "environment.services.catalog.database: catalog declares no database: give services.catalog.database "
+        "(its name) first, or drop this",
+    ),
+    "database-shared-with-replicas-of-its-own": (
+        {
+            "services.orders.database": {},
+            "environment.services.orders.database": {"mode": "shared", "replicas": 2},
+        },
+        "environment.services.orders.database.replicas: a shared database lives on the shared cluster: its "
+        "replicas and resources are environment.databases.shared's (members, resources)",
+    ),
+    "database-shared-without-a-shared-cluster": (
+        {"services.orders.database": {}, "environment.services.orders.database": {"mode": "shared"}},
+        "environment.databases.shared: is required: orders use(s) the shared cluster (database mode shared); "
+        "give its members, e.g. shared: {members: 1}",
+    ),
+    "database-replicas-not-a-count": (
+        {
+            "services.orders.database": {},
+            "environment.services.orders.database": {"mode": "dedicated", "replicas": "two"},
+        },
+        "environment.services.orders.database.replicas: expected an integer, got string 'two'",
+    ),
+    "database-failover-with-one-etcd-member": (
+        {
+            "services.orders.database": {},
+            "environment.services.orders.database": {"mode": "dedicated", "replicas": 1},
+            "environment.databases": {"dcs": {"members": 1}},
+        },
+        "environment.databases.dcs.members: a cluster with replicas fails over through etcd: one etcd member is "
+        "a single point of failure for every cluster; expected 3 or 5",
+    ),
+    "database-even-etcd-members": (
+        {
+            "services.orders.database": {},
+            "environment.services.orders.database": {"mode": "dedicated"},
+            "environment.databases": {"dcs": {"members": 2}},
+        },
+        "environment.databases.dcs.members: expected 1, 3 or 5 etcd members (a majority must survive a loss), "
+        "got integer 2",
     ),
     "blue-green-needs-preview-port": (
         {"environment.services.orders.strategy": {"blue_green": {}}},

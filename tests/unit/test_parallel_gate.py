@@ -131,13 +131,11 @@ def test_the_verdict_goes_into_the_journal_of_the_rollout_it_judged_and_its_repo
     assert alone["journal"] == {} and (tmp_path / "rollouts" / "orders.parallel.json").exists()
 
     path = rollout_journal.journal_path(str(tmp_path), "orders")
-    earlier = {"service": "orders", "target": "v1", "status": "complete", "run": {"id": "r6"}}
+    earlier = {"service": "orders", "target": "v1", "status": "complete", "run": {"id": 1}}
     rollout_journal.save(path, earlier)  # the rollout of v1 (a canary of v2 has none of its own)
     assert gate(tmp_path, {"lb-dc1": results(150, 0)})["journal"] == {}
     assert rollout_journal.load(path) == earlier
-    rollout_journal.save(
-        path, {"service": "orders", "target": "v2", "status": "complete", "run": {"id": "r7"}}
-    )
+    rollout_journal.save(path, {"service": "orders", "target": "v2", "status": "complete", "run": {"id": 2}})
     bad = results(60, 5, "GET /orders/{id}")
     bad["samples"] = [sampled("GET /orders/{id}")]
     with pytest.raises(ModuleFailure) as refused:
@@ -146,7 +144,7 @@ def test_the_verdict_goes_into_the_journal_of_the_rollout_it_judged_and_its_repo
     journal = rollout_journal.load(path)
     assert journal["parallel_run"] == entry and journal["status"] == "complete"  # nothing else changed
     assert (entry["rollout_run"], entry["run_id"], entry["target"], entry["passed"]) == (
-        "r7",
+        2,
         "orders-v2-1",
         "v2",
         False,
@@ -160,15 +158,17 @@ def test_the_verdict_goes_into_the_journal_of_the_rollout_it_judged_and_its_repo
 
     # the report of that run gets the section and its page again; another run's report is left alone
     data, page = report_paths(str(tmp_path), "orders")
-    data.write_text(json.dumps({"run": "r6", "service": "orders"}))
-    assert amend_report(str(tmp_path), "orders", "r7", "parallel_run", entry) == ""
+    data.write_text(json.dumps({"run": 1, "target": "v2", "service": "orders"}))
+    assert amend_report(str(tmp_path), "orders", 2, "v2", "parallel_run", entry) == ""
+    data.write_text(json.dumps({"run": 2, "target": "v1", "service": "orders"}))  # another rollout's run 2
+    assert amend_report(str(tmp_path), "orders", 2, "v2", "parallel_run", entry) == ""
     assert "parallel_run" not in json.loads(data.read_text()) and not page.exists()
     recorded = json.loads((RECORDED / "journal.json").read_text())
     samples = json.loads((RECORDED / "samples.json").read_text())
 
-    report = build_report({**recorded, "run": {**recorded["run"], "id": "r7"}}, samples, 0.25)
+    report = build_report({**recorded, "run": {**recorded["run"], "id": 2}}, samples, 0.25)
     data.write_text(json.dumps(report))
-    assert amend_report(str(tmp_path), "orders", "r7", "parallel_run", entry) == str(page)
+    assert amend_report(str(tmp_path), "orders", 2, "v2", "parallel_run", entry) == str(page)
     assert json.loads(data.read_text())["parallel_run"] == entry
     text = page.read_text()
     assert "Parallel run orders-v2-1: refused" in text and "GET /orders/{id}" in text

@@ -70,6 +70,8 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
         "berth_lab": bool(topology.lab_namespace),
         "berth_lab_namespace": topology.lab_namespace,
         "berth_lab_bridges": _lab_bridges(topology),
+        # the environment's database estate: the shared cluster, Patroni's store (issue 14)
+        "berth_databases": topology.databases.as_dict(),
     }
     # a service's descriptor sits on its group, so each host carries only its own service's
     for service_name, descriptor in _services(topology).items():
@@ -223,6 +225,10 @@ def _services(topology: Topology) -> dict[str, Any]:
             "max_unavailable": policy.max_unavailable,
             "strategy": policy.strategy.as_dict(),
             "parallel_run": policy.parallel_run.as_dict() if policy.parallel_run else None,
+            # its database: the name (its owner role's too) and how this environment provides it
+            "database": {**service.database.as_dict(), **policy.database.as_dict()}
+            if service.database is not None and policy.database is not None
+            else None,
             # a blue-green service's two colours: each its own LB backend and inventory group
             "colours": {
                 colour: {

@@ -22,6 +22,11 @@ from ansible_collections.berth.fleet.plugins.module_utils.common.rules import (
     netns_problem,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.model.checks import check_references
+from ansible_collections.berth.fleet.plugins.module_utils.model.database import (
+    parse_estate,
+    parse_need,
+    parse_plan,
+)
 from ansible_collections.berth.fleet.plugins.module_utils.model.parallel import parse_parallel_run
 from ansible_collections.berth.fleet.plugins.module_utils.model.reader import Reader, suggest
 from ansible_collections.berth.fleet.plugins.module_utils.model.source import AsWritten
@@ -259,7 +264,9 @@ class _SpecParser(Reader):
         return Datacenter(name, pool, machines, loadbalancers)
 
     def service(self, name: str, body: Mapping[str, Any], key: str) -> Service:
-        self.keys(body, key, ("artifact", "version", "port", "health", "resources", "substrate"))
+        self.keys(
+            body, key, ("artifact", "version", "port", "health", "resources", "substrate"), ("database",)
+        )
         health_key = dotted(key, "health")
         health = self.mapping(body["health"], health_key)
         self.keys(health, health_key, ("path",), ("status",))
@@ -277,6 +284,9 @@ class _SpecParser(Reader):
             ),
             resources=self.resources(body["resources"], dotted(key, "resources"), disk=True),
             substrate=self.choice(body["substrate"], dotted(key, "substrate"), SUBSTRATES),
+            database=parse_need(self, body["database"], dotted(key, "database"), name)
+            if "database" in body
+            else None,
         )
 
 
@@ -321,7 +331,9 @@ def parse_topology(raw: Any, source: str, written: AsWritten | None = None) -> T
     services = parser.named_entries(top["services"], "services", parser.service, allow_empty=False)
 
     env = parser.mapping(top["environment"], "environment")
-    parser.keys(env, "environment", ("name", "services"), ("colocation", "spread", "max_unavailable"))
+    parser.keys(
+        env, "environment", ("name", "services"), ("colocation", "spread", "max_unavailable", "databases")
+    )
     spread_raw = parser.mapping(env.get("spread", {}), "environment.spread")
     parser.keys(spread_raw, "environment.spread", (), ("max_skew", "when_unsatisfiable"))
     spread = Spread(
@@ -333,6 +345,14 @@ def parse_topology(raw: Any, source: str, written: AsWritten | None = None) -> T
         ),
     )
     environment = parser.name(env["name"], "environment.name")
+    policies = _policies(parser, env, services)
+    databases = parse_estate(
+        parser,
+        env.get("databases"),
+        "environment.databases",
+        {name: policy.database for name, policy in policies.items() if policy.database is not None},
+        parser.resources,
+    )
     topology = Topology(
         source=source,
         environment=environment,
@@ -340,15 +360,16 @@ def parse_topology(raw: Any, source: str, written: AsWritten | None = None) -> T
         spread=spread,
         datacenters=datacenters,
         services=services,
-        policies=_policies(parser, env, services),
+        policies=policies,
         lab_namespace=_lab_namespace(parser, estate, datacenters, environment),
+        databases=databases,
     )
     check_references(topology)
     return topology
 
 
 def _policies(
-    parser: Reader, env: Mapping[str, Any], services: tuple[Service, ...]
+    parser: _SpecParser, env: Mapping[str, Any], services: tuple[Service, ...]
 ) -> dict[str, ServicePolicy]:
     key = "environment.services"
     per_service = parser.mapping(env["services"], key)
@@ -366,7 +387,7 @@ def _policies(
         if service.name not in per_service:
             raise parser.fail(s_key, "is required: every declared service needs an instance count here")
         body = parser.mapping(per_service[service.name], s_key)
-        parser.keys(body, s_key, ("instances",), ("max_unavailable", "strategy", "parallel_run"))
+        parser.keys(body, s_key, ("instances",), ("max_unavailable", "strategy", "parallel_run", "database"))
         instances = parser.integer(body["instances"], dotted(s_key, "instances"), 0)
         if "max_unavailable" in body:
             unavailable_raw, unavailable_key = body["max_unavailable"], dotted(s_key, "max_unavailable")
@@ -386,7 +407,24 @@ def _policies(
                 f"a gate on a parallel run, and {service.name} has none here: give "
                 f"environment.services.{service.name}.parallel_run its settings, or drop the gate",
             )
-        policies[service.name] = ServicePolicy(instances, unavailable, strategy, parallel)
+        if "database" in body:
+            database = parse_plan(
+                parser,
+                body["database"],
+                dotted(s_key, "database"),
+                service.database,
+                service.name,
+                parser.resources,
+            )
+        elif service.database is not None:
+            raise parser.fail(
+                dotted(s_key, "database"),
+                f"is required: {service.name} has a database (services.{service.name}.database); say how "
+                "this environment provides it: {mode: shared} or {mode: dedicated, replicas: N}",
+            )
+        else:
+            database = None
+        policies[service.name] = ServicePolicy(instances, unavailable, strategy, parallel, database)
     _check_preview_ports(parser, services, policies)
     return policies
 

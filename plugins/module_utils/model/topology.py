@@ -142,6 +142,73 @@ class HealthCheck:
     status: int
 
 
+# a service's database (issue 14; parsed and checked in `database.py`)
+DATABASE_MODES = ("shared", "dedicated")
+DEFAULT_DB_RESOURCES = Resources(vcpus=1, memory_mib=512)
+
+
+@dataclass(frozen=True)
+class DatabaseNeed:
+    """``services.<name>.database``: the service has a database of this name (its owner role's too)."""
+
+    name: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+@dataclass(frozen=True)
+class DatabasePlan:
+    """``environment.services.<name>.database``: how this environment provides the service's database."""
+
+    mode: str  # shared | dedicated
+    replicas: int = 0  # dedicated: replicas beside the primary
+    resources: Resources = DEFAULT_DB_RESOURCES  # dedicated: each member's
+
+    @property
+    def members(self) -> int:
+        return 1 + self.replicas if self.mode == "dedicated" else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"mode": self.mode}
+        if self.mode == "dedicated":
+            body.update(
+                replicas=self.replicas,
+                resources={"vcpus": self.resources.vcpus, "memory_mib": self.resources.memory_mib},
+            )
+        return body
+
+
+@dataclass(frozen=True)
+class SharedCluster:
+    """``environment.databases.shared``: the cluster that holds the databases of shared mode."""
+
+    members: int
+    resources: Resources = DEFAULT_DB_RESOURCES
+
+
+@dataclass(frozen=True)
+class DatabaseEstate:
+    """``environment.databases``: the shared cluster (if any service uses it) and Patroni's store."""
+
+    shared: SharedCluster | None = None
+    dcs_members: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        shared = (
+            {
+                "members": self.shared.members,
+                "resources": {
+                    "vcpus": self.shared.resources.vcpus,
+                    "memory_mib": self.shared.resources.memory_mib,
+                },
+            }
+            if self.shared
+            else None
+        )
+        return {"shared": shared, "dcs": {"members": self.dcs_members}}
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -151,6 +218,7 @@ class Service:
     health: HealthCheck
     resources: Resources
     substrate: str
+    database: DatabaseNeed | None = None  # the service has a database of its own (`database.py`)
 
 
 @dataclass(frozen=True)
@@ -406,6 +474,7 @@ class ServicePolicy:
     max_unavailable: int  # resolved to a count; 0 for a service with no instances here
     strategy: Strategy = ROLLING  # how a new version reaches users (`strategy.py`)
     parallel_run: ParallelRun | None = None  # requests copied to a candidate and compared (`parallel.py`)
+    database: DatabasePlan | None = None  # how this environment provides the service's database
 
 
 @dataclass(frozen=True)
@@ -418,6 +487,7 @@ class Topology:
     services: tuple[Service, ...]
     policies: Mapping[str, ServicePolicy]
     lab_namespace: str = ""  # set: Berth builds the DC networks as bridges in this network namespace
+    databases: DatabaseEstate = DatabaseEstate()  # the shared cluster and Patroni's store (`database.py`)
 
     @cached_property
     def machines(self) -> tuple[Machine, ...]:
