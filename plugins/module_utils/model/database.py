@@ -41,11 +41,13 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.reader import Re
 from ansible_collections.berth.fleet.plugins.module_utils.model.topology import (
     DATABASE_MODES,
     DEFAULT_DB_RESOURCES,
+    DatabaseCluster,
     DatabaseEstate,
     DatabaseNeed,
     DatabasePlan,
     Resources,
     SharedCluster,
+    Topology,
     dotted,
 )
 
@@ -53,6 +55,11 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.topology import 
 IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED = ("postgres", "template0", "template1", "replicator", "rewind", "berth")
 DCS_MEMBERS = (1, 3, 5)
+POSTGRESQL_PORT = 5432
+ETCD_CLIENT_PORT = 2379
+DCS_RESOURCES = Resources(vcpus=1, memory_mib=128)
+SHARED_CLUSTER = "shared-db"
+DCS_CLUSTER = "dcs"
 
 ResourcesParser = Callable[[Any, str], Resources]
 
@@ -153,3 +160,65 @@ def parse_estate(
             "failure for every cluster; expected 3 or 5",
         )
     return DatabaseEstate(shared=shared, dcs_members=int(members))
+
+
+def cluster_name(service: str) -> str:
+    """A service's own cluster (dedicated mode): its members are ``<service>-db-<n>``."""
+    return f"{service}-db"
+
+
+def clusters(topology: Topology) -> tuple[DatabaseCluster, ...]:
+    """The clusters the environment runs, in a stable order (the services' own in declaration
+    order, then the shared one, then etcd), each with the substrate of the first service it serves
+    (etcd: of the first cluster). The shared cluster is run only when a service uses it; etcd only
+    when a cluster exists."""
+    found: list[DatabaseCluster] = []
+    shared_users: list[str] = []
+    substrates = {service.name: service.substrate for service in topology.services}
+    for service in topology.services:
+        plan = topology.policies[service.name].database
+        if plan is None:
+            continue
+        if plan.mode == "shared":
+            shared_users.append(service.name)
+            continue
+        found.append(
+            DatabaseCluster(
+                cluster_name(service.name),
+                "database",
+                plan.members,
+                plan.resources,
+                service.substrate,
+                POSTGRESQL_PORT,
+                (service.name,),
+                f"environment.services.{service.name}.database",
+            )
+        )
+    shared = topology.databases.shared
+    if shared is not None and shared_users:
+        found.append(
+            DatabaseCluster(
+                SHARED_CLUSTER,
+                "database",
+                shared.members,
+                shared.resources,
+                substrates[shared_users[0]],
+                POSTGRESQL_PORT,
+                tuple(shared_users),
+                "environment.databases.shared",
+            )
+        )
+    if found:
+        found.append(
+            DatabaseCluster(
+                DCS_CLUSTER,
+                "dcs",
+                topology.databases.dcs_members,
+                DCS_RESOURCES,
+                found[0].substrate,
+                ETCD_CLIENT_PORT,
+                (),
+                "environment.databases.dcs",
+            )
+        )
+    return tuple(found)

@@ -20,6 +20,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.names import (
     lb_node,
     lb_substrate,
     libvirt_network,
+    member_groups,
     track_group,
 )
 from ansible_collections.berth.fleet.plugins.module_utils.model.placement import place
@@ -28,6 +29,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.model.spec import pars
 from ansible_collections.berth.fleet.plugins.module_utils.model.topology import (
     Instance,
     Machine,
+    Member,
     Placement,
     Topology,
     VirtSettings,
@@ -80,6 +82,11 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
         machine = topology.machine(instance.machine)
         data.add(
             instance.name, _instance_vars(topology, instance, machine), instance_groups(topology, instance)
+        )
+    for member in placement.members:
+        machine = topology.machine(member.machine)
+        data.add(
+            member.name, _member_vars(topology, placement, member, machine), member_groups(topology, member)
         )
     for lb in placement.loadbalancers():
         carrier = topology.carrier(lb)
@@ -155,6 +162,12 @@ def _instance_vars(topology: Topology, instance: Instance, machine: Machine) -> 
         host_vars["berth_colour"] = instance.colour
     if instance.track:
         host_vars["berth_track"] = instance.track
+    return {**host_vars, **_machine_vars(topology, machine)}
+
+
+def _machine_vars(topology: Topology, machine: Machine) -> dict[str, Any]:
+    """What a host placed on ``machine`` needs of it: its hypervisor, or its bare-metal host and BMC."""
+    host_vars: dict[str, Any] = {}
     if machine.virt is not None:
         host_vars["berth_hypervisor"] = _hypervisor_vars(topology, machine, machine.virt)
     if machine.kind == "metal":
@@ -166,15 +179,51 @@ def _instance_vars(topology: Topology, instance: Instance, machine: Machine) -> 
             # a lab has no physical machines: a libvirt domain behind an emulated BMC plays each one
             host_vars["berth_hypervisor"] = _lab_metal_emulation(topology, machine)
     if machine.bmc is not None:
-        host_vars["berth_bmc"] = {
-            "address": machine.bmc.address,
-            "username": machine.bmc.username,
-            "password": machine.bmc.password,  # a vault reference, resolved only where it is used
-            "driver": machine.bmc.driver,
-            "verify_tls": machine.bmc.verify_tls,
-            "ca_path": machine.bmc.ca_path,
-        }
+        host_vars["berth_bmc"] = _bmc_vars(machine)
     return host_vars
+
+
+def _bmc_vars(machine: Machine) -> dict[str, Any]:
+    bmc = machine.bmc
+    if bmc is None:
+        return {}
+    return {
+        "address": bmc.address,
+        "username": bmc.username,
+        "password": bmc.password,  # a vault reference, resolved only where it is used
+        "driver": bmc.driver,
+        "verify_tls": bmc.verify_tls,
+        "ca_path": bmc.ca_path,
+    }
+
+
+def _member_vars(
+    topology: Topology, placement: Placement, member: Member, machine: Machine
+) -> dict[str, Any]:
+    """A database or etcd member: where it runs, and ``berth_member_spec`` (its cluster: kind,
+    members, the services it serves, each member's resources), what provision sizes its node by."""
+    cluster = next(c for c in placement.clusters if c.name == member.cluster)
+    host_vars: dict[str, Any] = {
+        "ansible_host": str(member.address),
+        "berth_role": member.kind,
+        "berth_cluster": member.cluster,
+        "berth_member": member.ordinal,
+        "berth_dc": member.dc,
+        "berth_machine": member.machine,
+        "berth_machine_kind": member.machine_kind,
+        "berth_substrate": member.substrate,
+        "berth_node": member.node,
+        "berth_address": str(member.address),
+        "berth_port": member.port,
+        "berth_member_spec": {
+            "cluster": cluster.name,
+            "kind": cluster.kind,
+            "members": cluster.members,
+            "owners": list(cluster.owners),
+            "resources": {"vcpus": cluster.resources.vcpus, "memory_mib": cluster.resources.memory_mib},
+        },
+    }
+    return {**host_vars, **_machine_vars(topology, machine)}
 
 
 def _hypervisor_vars(topology: Topology, machine: Machine, virt: VirtSettings) -> dict[str, Any]:

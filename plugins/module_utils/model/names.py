@@ -22,6 +22,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.common.rules import (
 from ansible_collections.berth.fleet.plugins.module_utils.model.topology import (
     Instance,
     LoadBalancer,
+    Member,
     Placement,
     SpecError,
     Topology,
@@ -34,6 +35,8 @@ BUILTIN_GROUPS = {
     "instances": "the inventory group of every instance",
     "lb": "the inventory group of every load balancer",
     "execution_nodes": "the inventory group of every execution node",
+    "databases": "the inventory group of every database member",
+    "dcs": "the inventory group of every etcd member (Patroni's store)",
 }
 LB_SUBSTRATE = {"hypervisor": "vm", "local": "local"}
 
@@ -70,6 +73,24 @@ def instance_groups(topology: Topology, instance: Instance) -> list[str]:
         group_name("machine", instance.machine),
         group_name("substrate", topology.service(instance.service).substrate),
         *colour,
+    ]
+
+
+def db_group(cluster: str) -> str:
+    """The inventory group of one database cluster's members: ``db_orders_db``, ``db_shared_db``."""
+    return group_name("db", cluster)
+
+
+def member_groups(topology: Topology, member: Member) -> list[str]:
+    """A database member is in ``databases`` and its cluster's group; an etcd member in ``dcs``;
+    both in their DC's, machine's and substrate's groups (provision makes their nodes)."""
+    role = ["databases", db_group(member.cluster)] if member.kind == "database" else ["dcs"]
+    return [
+        group_name("env", topology.environment),
+        *role,
+        group_name("dc", member.dc),
+        group_name("machine", member.machine),
+        group_name("substrate", member.substrate),
     ]
 
 
@@ -131,8 +152,8 @@ class _Names:
 def check_generated_names(placement: Placement) -> None:
     """Raise SpecError, naming the key that caused it, where a derived name collides or is invalid."""
     topology = placement.topology
-    _check_hosts_and_groups(topology, placement.instances)
-    _check_nodes(topology, placement.instances)
+    _check_hosts_and_groups(topology, placement.instances, placement.members)
+    _check_nodes(topology, placement.instances, placement.members)
     for dc in topology.datacenters:
         if any(m.kind == "hypervisor" or (m.kind == "metal" and topology.lab_namespace) for m in dc.machines):
             network = libvirt_network(topology, dc.name)
@@ -146,7 +167,18 @@ def check_generated_names(placement: Placement) -> None:
                 )
 
 
-def _check_hosts_and_groups(topology: Topology, instances: tuple[Instance, ...]) -> None:
+def _member_key(member: Member) -> str:
+    """The spec key that made a member (where a collision is reported)."""
+    if member.kind == "dcs":
+        return "environment.databases.dcs"
+    if member.cluster.endswith("-db") and member.cluster != "shared-db":
+        return f"environment.services.{member.cluster[: -len('-db')]}.database"
+    return "environment.databases.shared"
+
+
+def _check_hosts_and_groups(
+    topology: Topology, instances: tuple[Instance, ...], members: tuple[Member, ...] = ()
+) -> None:
     groups: dict[str, tuple[str, str]] = {name: ("", what) for name, what in BUILTIN_GROUPS.items()}
 
     def group(name: str, key: str) -> None:
@@ -161,6 +193,9 @@ def _check_hosts_and_groups(topology: Topology, instances: tuple[Instance, ...])
     for lb in topology.loadbalancers:
         for name in lb_groups(topology, lb):
             group(name, lb.key)
+    for member in members:
+        for name in member_groups(topology, member):
+            group(name, _member_key(member))
     hosts = _Names(topology.source, "a name no other inventory host or group has")
     hosts.owners.update(groups)  # groups first: a host named like one is what the user can rename
     for instance in instances:
@@ -168,9 +203,14 @@ def _check_hosts_and_groups(topology: Topology, instances: tuple[Instance, ...])
         hosts.claim(instance.name, f"services.{instance.service}", what)
     for lb in topology.loadbalancers:
         hosts.claim(lb.name, lb.key, f"the inventory host of a {lb.what}")
+    for member in members:
+        what = f"the inventory host of member {member.ordinal} of {member.cluster}"
+        hosts.claim(member.name, _member_key(member), what)
 
 
-def _check_nodes(topology: Topology, instances: tuple[Instance, ...]) -> None:
+def _check_nodes(
+    topology: Topology, instances: tuple[Instance, ...], members: tuple[Member, ...] = ()
+) -> None:
     """Nodes Berth names are claimed before the names the user wrote, which are then what collides.
 
     Machines count whether or not they carry anything yet, so scaling never makes a spec invalid.
@@ -186,6 +226,11 @@ def _check_nodes(topology: Topology, instances: tuple[Instance, ...]) -> None:
             for m in topology.machines
             if m.kind != "metal"
         ]
+    generated += [
+        (m.node, _member_key(m), f"the node of {m.name}, named <env>-<cluster>-<n>")
+        for m in members
+        if m.machine_kind != "metal"
+    ]
     written = [
         (m.name, m.key, f"the bare-metal host {m.name}") for m in topology.machines if m.kind == "metal"
     ]

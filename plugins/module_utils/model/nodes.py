@@ -55,8 +55,12 @@ def nodes(
             },
         )
         node["hosts"].append(host)
-        resources = host_vars.get("berth_service_spec", {}).get("resources")
-        if resources:  # load balancers carry no service: no limits
+        # what the host runs: an instance its service's resources, a database or etcd member its
+        # cluster's (berth_member_spec); a load balancer carries neither: no limits
+        resources = (host_vars.get("berth_service_spec") or host_vars.get("berth_member_spec") or {}).get(
+            "resources"
+        )
+        if resources:
             node["vcpus"] += resources["vcpus"]
             node["memory_mib"] += resources["memory_mib"]
             # colocated instances share one root disk: the largest request sizes it

@@ -28,14 +28,18 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ansible_collections.berth.fleet.plugins.module_utils.model.database import clusters
 from ansible_collections.berth.fleet.plugins.module_utils.model.names import check_generated_names, node_name
 from ansible_collections.berth.fleet.plugins.module_utils.model.topology import (
     COLOURS,
     KIND_FOR_SUBSTRATE,
     TRACKS,
+    DatabaseCluster,
     Datacenter,
+    HealthCheck,
     Instance,
     Machine,
+    Member,
     Placement,
     Resources,
     Service,
@@ -142,8 +146,9 @@ class _Placer:
     def fail(self, service: str, expected: str) -> SpecError:
         return SpecError(self.topology.source, f"environment.services.{service}.instances", expected)
 
-    def precheck(self, service: Service, count: int) -> None:
-        """Reject counts no placement can satisfy, with the capacity that exists."""
+    def precheck(self, service: Service, count: int, own_node: bool = False) -> None:
+        """Reject counts no placement can satisfy, with the capacity that exists (``own_node``: a
+        database or etcd member, never colocated)."""
         if not count:
             return
         kind = KIND_FOR_SUBSTRATE[service.substrate]
@@ -161,7 +166,7 @@ class _Placer:
                 f"each instance needs {service.resources.vcpus} vCPU / {service.resources.memory_mib} MiB; "
                 f"no {kind} machine is that large ({some([m.name for m in eligible])})",
             )
-        one_per_machine = kind == "metal" or not self.topology.colocation
+        one_per_machine = kind == "metal" or not self.topology.colocation or own_node
         if one_per_machine and count > usable:
             reason = (
                 "a bare-metal host carries exactly one instance"
@@ -195,7 +200,9 @@ class _Placer:
                 f"estate has no room for it: {exc.expected}",
             ) from None
 
-    def place(self, service: Service, ordinal: int, part: str = "") -> tuple[str, _MachineState]:
+    def place(
+        self, service: Service, ordinal: int, part: str = "", own_node: bool = False
+    ) -> tuple[str, _MachineState]:
         kind = KIND_FOR_SUBSTRATE[service.substrate]
         # each colour of a blue-green service (each track of a canary one) is spread on its own
         counts = self.per_dc[f"{service.name}/{part}" if part else service.name]
@@ -208,7 +215,7 @@ class _Placer:
             skew_ok = (
                 skew <= self.topology.spread.max_skew or self.topology.spread.when_unsatisfiable != "fail"
             )
-            chosen = self._choose(dc.name, service, kind) if skew_ok else None
+            chosen = self._choose(dc.name, service, kind, own_node) if skew_ok else None
             if chosen is None:
                 if not skew_ok:
                     break
@@ -227,12 +234,14 @@ class _Placer:
             f"available: {'; '.join(skipped) or 'no datacenter keeps the skew'}",
         )
 
-    def _choose(self, dc_name: str, service: Service, kind: str) -> _MachineState | None:
+    def _choose(
+        self, dc_name: str, service: Service, kind: str, own_node: bool = False
+    ) -> _MachineState | None:
         shelf = self.shelves[(dc_name, kind)]
         offset = self.offset[service.name]
         if kind == "metal":
             return shelf.walk(service, offset, lambda s: s.total == 0 and s.fits(service.resources))
-        if self.topology.colocation:
+        if self.topology.colocation and not own_node:
             return shelf.least_of(service, offset)
         return shelf.walk(
             service, offset, lambda s: s.per_service[service.name] == 0 and s.fits(service.resources)
@@ -281,9 +290,85 @@ def place(topology: Topology) -> Placement:
                 part = parts[service.name][ordinal - 1] if parts[service.name] else ""
                 dc_name, state = placer.place(service, ordinal, part)
                 chosen.append((service, ordinal, dc_name, state, part))
-    placement = Placement(topology, tuple(_realise(topology, chosen)))
+    found = clusters(topology)
+    instances = tuple(_realise(topology, chosen))
+    taken = {instance.address: instance.name for instance in instances}
+    placement = Placement(topology, instances, _place_members(topology, placer, found, taken), found)
     check_generated_names(placement)
     return placement
+
+
+def _as_service(cluster: DatabaseCluster) -> Service:
+    """A cluster as the placer sees a service: its members' resources, substrate and port."""
+    return Service(
+        cluster.name, "", "", cluster.port, HealthCheck("/", 200), cluster.resources, cluster.substrate
+    )
+
+
+def _place_members(
+    topology: Topology,
+    placer: _Placer,
+    found: tuple[DatabaseCluster, ...],
+    taken: dict[ipaddress.IPv4Address, str],
+) -> tuple[Member, ...]:
+    """Every member of every cluster on a node of its own, by the instances' rules (spread within
+    ``max_skew``, one member of a cluster per machine, capacity), after every instance: a cluster
+    never moves an instance. Its addresses are the block after the services' blocks (clusters in
+    ``database.clusters`` order), so adding a database renumbers no instance."""
+    members: list[Member] = []
+    for index, cluster in enumerate(found):
+        service = _as_service(cluster)
+        placer.offset[cluster.name] = len(topology.services) + index
+        try:
+            placer.precheck(service, cluster.members, own_node=True)
+            chosen = [
+                placer.place(service, ordinal, own_node=True) for ordinal in range(1, cluster.members + 1)
+            ]
+        except SpecError as exc:
+            what = (
+                "etcd (Patroni's store)" if cluster.kind == "dcs" else f"the database cluster {cluster.name}"
+            )
+            raise SpecError(
+                topology.source,
+                cluster.key,
+                f"{what} needs {cluster.members} member(s) on nodes of their own, and the estate has no "
+                f"room for it: {exc.expected}",
+            ) from None
+        rank_in_dc: Counter[str] = Counter()
+        for ordinal, (dc_name, state) in enumerate(chosen, start=1):
+            dc, machine = topology.datacenter(dc_name), state.machine
+            name = f"{cluster.name}-{ordinal}"
+            if machine.address is not None:  # bare metal: the host is the node
+                node, address = machine.name, machine.address
+            else:
+                rank = rank_in_dc[dc_name]
+                rank_in_dc[dc_name] += 1
+                _check_block(topology, dc, rank, cluster.name)
+                node = node_name(topology, name)
+                block = (len(topology.services) + index) * dc.pool.block_size
+                address = _slot(topology, dc, block + rank, f"{cluster.kind} member {name}")
+                if address in taken:  # colocated machines' nodes take the first slots of a DC
+                    raise SpecError(
+                        topology.source,
+                        f"estate.datacenters.{dc_name}.address_pool.block_size",
+                        f"{name} would take {address}, the address of {taken[address]}: expected a "
+                        "larger block_size",
+                    )
+            members.append(
+                Member(
+                    cluster.name,
+                    cluster.kind,
+                    ordinal,
+                    dc_name,
+                    machine.name,
+                    machine.kind,
+                    node,
+                    address,
+                    cluster.port,
+                    cluster.substrate,
+                )
+            )
+    return tuple(members)
 
 
 def _realise(
@@ -309,13 +394,7 @@ def _realise(
         else:
             rank = rank_in_dc[(service.name, dc_name)]
             rank_in_dc[(service.name, dc_name)] += 1
-            if rank >= dc.pool.block_size:
-                raise SpecError(
-                    topology.source,
-                    f"estate.datacenters.{dc_name}.address_pool.block_size",
-                    f"service {service.name} needs more than {dc.pool.block_size} addresses in {dc_name}: "
-                    "expected a larger block_size",
-                )
+            _check_block(topology, dc, rank, f"service {service.name}")
             node = node_name(topology, name)
             address = _slot(
                 topology, dc, service_index[service.name] * dc.pool.block_size + rank, f"instance {name}"
@@ -355,6 +434,17 @@ def _realise(
             )
         )
     return instances
+
+
+def _check_block(topology: Topology, dc: Datacenter, rank: int, who: str) -> None:
+    """A service's (or cluster's) ``rank``-th address in ``dc`` is inside its block."""
+    if rank >= dc.pool.block_size:
+        raise SpecError(
+            topology.source,
+            f"estate.datacenters.{dc.name}.address_pool.block_size",
+            f"{who} needs more than {dc.pool.block_size} addresses in {dc.name}: "
+            "expected a larger block_size",
+        )
 
 
 def _slot(topology: Topology, dc: Datacenter, offset: int, what: str) -> ipaddress.IPv4Address:

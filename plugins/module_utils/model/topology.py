@@ -544,11 +544,49 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class DatabaseCluster:
+    """What ``database.clusters`` derives from the spec: a PostgreSQL cluster (a service's own, or the
+    shared one) or etcd, Patroni's store; each member a node of its own (`placement.py`)."""
+
+    name: str  # orders-db, shared-db, dcs: its members are <name>-<n>
+    kind: str  # "database" | "dcs"
+    members: int
+    resources: Resources
+    substrate: str
+    port: int
+    owners: tuple[str, ...]  # the services whose databases it holds (none for etcd)
+    key: str  # the spec key that sizes it, for refusals
+
+
+@dataclass(frozen=True)
+class Member:
+    """One placed member of a database cluster or of etcd (`placement.py`): where it runs."""
+
+    cluster: str
+    kind: str  # "database" | "dcs"
+    ordinal: int
+    dc: str
+    machine: str
+    machine_kind: str
+    node: str
+    address: ipaddress.IPv4Address
+    port: int
+    substrate: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.cluster}-{self.ordinal}"
+
+
+@dataclass(frozen=True)
 class Placement:
     """A topology with every instance placed; every name derived from it is checked (`names.py`)."""
 
     topology: Topology
     instances: tuple[Instance, ...]
+    # the members of the database clusters and of etcd (`database.clusters`), after the instances
+    members: tuple[Member, ...] = ()
+    clusters: tuple[DatabaseCluster, ...] = ()
 
     def of_service(self, service: str) -> tuple[Instance, ...]:
         return tuple(i for i in self.instances if i.service == service)
