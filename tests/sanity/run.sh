@@ -3,7 +3,8 @@
 # directory (it resolves symlinks), so test a copy of the files in git's index (git add new files first).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-build=${BERTH_SANITY_DIR:-/tmp/berth-sanity}
+# one copy per checkout (two checkouts' runs at once never share one), kept for its log
+build=${BERTH_SANITY_DIR:-/tmp/berth-sanity-$(printf '%s' "$root" | md5sum | cut -c1-8)}
 dest="$build/ansible_collections/berth/fleet"
 rm -rf "$build"
 mkdir -p "$dest"
