@@ -171,19 +171,10 @@ class Writer:
         samples = {lb: samples.get(lb, []) for lb in self.lbs}
         report = build_report(journal, samples, self.interval, self.warnings)
         data, page = report_paths(self.where["state_dir"], self.where["service"], self.where["scope"])
-        try:
-            text: str | None = rollout_page.render(report)
-        except Exception as exc:  # plotly missing or broken: the data still lands
-            report["warnings"].append(f"no page: {exc!r}")
-            text = None
-        atomic_write(data, rollout_journal.render(report), mode=0o644)
-        if text is not None:
-            atomic_write(page, text, mode=0o644)
-        else:
-            page.unlink(missing_ok=True)  # not an earlier run's page beside this run's data
+        drawn = _write_report(data, page, report)
         return {
             "report": str(data),
-            "page": str(page) if text is not None else None,
+            "page": str(page) if drawn else None,
             "reads": {lb: len(taken) for lb, taken in samples.items()},
             "failed_reads": {lb: seen["failed"] for lb, seen in report["coverage"].items()},
             "warnings": report["warnings"],
@@ -218,17 +209,23 @@ def _amend(data: Path, page: Path, run_id: Any, target: str, section: str, body:
     if not isinstance(report, dict) or report.get("run") != run_id or report.get("target") != target:
         return ""
     report[section] = body
+    return str(page) if _write_report(data, page, report) else ""
+
+
+def _write_report(data: Path, page: Path, report: dict[str, Any]) -> bool:
+    """The report's JSON and its page (whether the page was drawn: with plotly missing or broken
+    the data still lands, and no earlier run's page is left beside it)."""
     try:
         text: str | None = rollout_page.render(report)
-    except Exception as exc:  # plotly missing or broken: the data still lands
+    except Exception as exc:  # pylint: disable=broad-exception-caught
         report["warnings"] = [*report.get("warnings", []), f"no page: {exc!r}"]
         text = None
     atomic_write(data, rollout_journal.render(report), mode=0o644)
     if text is None:
         page.unlink(missing_ok=True)
-        return ""
+        return False
     atomic_write(page, text, mode=0o644)
-    return str(page)
+    return True
 
 
 def _signature(path: Path) -> tuple[int, int, int]:

@@ -173,7 +173,7 @@ def _machine_vars(topology: Topology, machine: Machine) -> dict[str, Any]:
     if machine.kind == "metal":
         host_vars["berth_metal"] = {
             "name": machine.name,
-            "hardware": {"vcpus": machine.capacity.vcpus, "memory_mib": machine.capacity.memory_mib},
+            "hardware": machine.capacity.sizes(),
         }
         if topology.lab_namespace:
             # a lab has no physical machines: a libvirt domain behind an emulated BMC plays each one
@@ -220,7 +220,7 @@ def _member_vars(
             "kind": cluster.kind,
             "members": cluster.members,
             "owners": list(cluster.owners),
-            "resources": {"vcpus": cluster.resources.vcpus, "memory_mib": cluster.resources.memory_mib},
+            "resources": cluster.resources.sizes(),
         },
     }
     return {**host_vars, **_machine_vars(topology, machine)}

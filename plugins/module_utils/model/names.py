@@ -14,6 +14,7 @@ The inventory (`inventory.py`) uses these same functions, so what is checked is 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from ansible_collections.berth.fleet.plugins.module_utils.common.rules import (
     libvirt_name_problem,
@@ -152,8 +153,11 @@ class _Names:
 def check_generated_names(placement: Placement) -> None:
     """Raise SpecError, naming the key that caused it, where a derived name collides or is invalid."""
     topology = placement.topology
-    _check_hosts_and_groups(topology, placement.instances, placement.members)
-    _check_nodes(topology, placement.instances, placement.members)
+    # a member's collision is reported at the key that sized its cluster
+    keys = {cluster.name: cluster.key for cluster in placement.clusters}
+    members = [(member, keys[member.cluster]) for member in placement.members]
+    _check_hosts_and_groups(topology, placement.instances, members)
+    _check_nodes(topology, placement.instances, members)
     for dc in topology.datacenters:
         if any(m.kind == "hypervisor" or (m.kind == "metal" and topology.lab_namespace) for m in dc.machines):
             network = libvirt_network(topology, dc.name)
@@ -167,17 +171,8 @@ def check_generated_names(placement: Placement) -> None:
                 )
 
 
-def _member_key(member: Member) -> str:
-    """The spec key that made a member (where a collision is reported)."""
-    if member.kind == "dcs":
-        return "environment.databases.dcs"
-    if member.cluster.endswith("-db") and member.cluster != "shared-db":
-        return f"environment.services.{member.cluster[: -len('-db')]}.database"
-    return "environment.databases.shared"
-
-
 def _check_hosts_and_groups(
-    topology: Topology, instances: tuple[Instance, ...], members: tuple[Member, ...] = ()
+    topology: Topology, instances: tuple[Instance, ...], members: Sequence[tuple[Member, str]] = ()
 ) -> None:
     groups: dict[str, tuple[str, str]] = {name: ("", what) for name, what in BUILTIN_GROUPS.items()}
 
@@ -193,9 +188,9 @@ def _check_hosts_and_groups(
     for lb in topology.loadbalancers:
         for name in lb_groups(topology, lb):
             group(name, lb.key)
-    for member in members:
+    for member, key in members:
         for name in member_groups(topology, member):
-            group(name, _member_key(member))
+            group(name, key)
     hosts = _Names(topology.source, "a name no other inventory host or group has")
     hosts.owners.update(groups)  # groups first: a host named like one is what the user can rename
     for instance in instances:
@@ -203,13 +198,13 @@ def _check_hosts_and_groups(
         hosts.claim(instance.name, f"services.{instance.service}", what)
     for lb in topology.loadbalancers:
         hosts.claim(lb.name, lb.key, f"the inventory host of a {lb.what}")
-    for member in members:
+    for member, key in members:
         what = f"the inventory host of member {member.ordinal} of {member.cluster}"
-        hosts.claim(member.name, _member_key(member), what)
+        hosts.claim(member.name, key, what)
 
 
 def _check_nodes(
-    topology: Topology, instances: tuple[Instance, ...], members: tuple[Member, ...] = ()
+    topology: Topology, instances: tuple[Instance, ...], members: Sequence[tuple[Member, str]] = ()
 ) -> None:
     """Nodes Berth names are claimed before the names the user wrote, which are then what collides.
 
@@ -227,8 +222,8 @@ def _check_nodes(
             if m.kind != "metal"
         ]
     generated += [
-        (m.node, _member_key(m), f"the node of {m.name}, named <env>-<cluster>-<n>")
-        for m in members
+        (m.node, key, f"the node of {m.name}, named <env>-<cluster>-<n>")
+        for m, key in members
         if m.machine_kind != "metal"
     ]
     written = [

@@ -49,6 +49,10 @@ class Resources:
     memory_mib: int
     disk_gib: int = 0  # services on VMs: the root disk; 0 for capacities
 
+    def sizes(self) -> dict[str, int]:
+        """``vcpus`` and ``memory_mib``, as the inventory and the spec write them."""
+        return {"vcpus": self.vcpus, "memory_mib": self.memory_mib}
+
 
 @dataclass(frozen=True)
 class VirtSettings:
@@ -174,7 +178,7 @@ class DatabasePlan:
         if self.mode == "dedicated":
             body.update(
                 replicas=self.replicas,
-                resources={"vcpus": self.resources.vcpus, "memory_mib": self.resources.memory_mib},
+                resources=self.resources.sizes(),
             )
         return body
 
@@ -198,10 +202,7 @@ class DatabaseEstate:
         shared = (
             {
                 "members": self.shared.members,
-                "resources": {
-                    "vcpus": self.shared.resources.vcpus,
-                    "memory_mib": self.shared.resources.memory_mib,
-                },
+                "resources": self.shared.resources.sizes(),
             }
             if self.shared
             else None
