@@ -155,6 +155,11 @@ def transmit(
     """``ansible-runner transmit``: the job (project, inventory, variables) as one stream."""
     (private_data_dir / "inventory").mkdir(parents=True, exist_ok=True)
     shutil.copy2(spec, private_data_dir / "inventory" / spec.name)
+    # the inventory's variables beside it (as an AWX inventory source from the project has them):
+    # the lab's database passwords are lookups into the state dir, which the node shares
+    for variables in ("group_vars", "host_vars"):
+        if (spec.parent / variables).is_dir():
+            shutil.copytree(spec.parent / variables, private_data_dir / "inventory" / variables)
     options: dict[str, Any] = {"limit": limit} if limit else {}
     stream = private_data_dir.parent / "job.stream"
     with stream.open("wb") as packed:  # ansible-runner streams into a real file

@@ -72,6 +72,34 @@ options:
         description: Group (the service user's group works, it exists by then).
         type: str
         default: root
+  secret_files:
+    description:
+      - Files like O(files) whose content is a secret (a password file) - never shown, not even
+        in a diff (which says only C((secret - not shown))); the content option is C(no_log).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path:
+        description: Absolute path on the node.
+        type: path
+        required: true
+      content:
+        description: The file's content.
+        type: str
+        required: true
+      mode:
+        description: Octal mode, for example V('0640').
+        type: str
+        default: '0644'
+      owner:
+        description: Owner.
+        type: str
+        default: root
+      group:
+        description: Group.
+        type: str
+        default: root
   ask_above:
     description:
       - Artifacts bigger than this many bytes are sent only after the node said it needs them;
@@ -171,6 +199,14 @@ def main():
             "package": {"type": "path", "required": True},
             "user": {"type": "str", "required": True},
             "files": {"type": "list", "elements": "dict", "default": [], "options": FILE_OPTIONS},
+            "secret_files": {
+                "type": "list",
+                "elements": "dict",
+                "default": [],
+                # the paths may be shown; each content is no_log
+                "no_log": False,
+                "options": {**FILE_OPTIONS, "content": {"type": "str", "required": True, "no_log": True}},
+            },
             "ask_above": {"type": "int", "default": 4 << 20},
             "upload": {"type": "path"},
         },
@@ -189,7 +225,7 @@ def main():
                 root=Path(params["root"]),
             ),
             user=params["user"],
-            files=files_from(params["files"]),
+            files=files_from(params["files"]) + files_from(params["secret_files"], secret=True),
             upload=Path(params["upload"]) if params["upload"] else None,
         )
         result = Installer(request, module.check_mode).run().as_dict()

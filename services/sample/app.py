@@ -8,7 +8,10 @@ The version and the build flags are NOT configuration: they are baked into the a
 time (``version.json`` next to this file, written by ``berth.fleet.artifact_build``). The config
 file is per instance and per environment (see ``load_config`` for its keys).
 
-Endpoints: ``GET /`` (who am I), ``GET /health``, ``GET /slow?s=N`` (a long request), else 404.
+Endpoints: ``GET /`` (who am I), ``GET /health``, ``GET /slow?s=N`` (a long request), and with a
+database in the config (``store.py``) ``PUT /db/items/<key>`` (the body is the value: written
+through the write DSN) and ``GET /db/items/<key>`` (read through the read DSN; ``?from=primary``
+reads through the write DSN); else 404.
 
 On SIGTERM (or SIGINT) the service stops accepting at once (the listening socket is shut down, so
 new connections are refused), lets in-flight requests finish for at most ``drain_timeout_s``,
@@ -34,7 +37,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import store
 
 EXIT_BAD_INPUT = 2
 EXIT_CANNOT_LISTEN = 1
@@ -56,7 +61,8 @@ FIRST_REQUEST_GRACE_S = 1.0
 
 _SERVICE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
-_CONFIG_KEYS = ("service", "instance", "bind", "port", "drain_timeout_s", "extra")
+_CONFIG_KEYS = ("service", "instance", "bind", "port", "drain_timeout_s", "extra", "database")
+MAX_PUT_BODY = 4096
 
 
 class StartupError(Exception):
@@ -128,6 +134,7 @@ class Config:
     bind: str = DEFAULT_BIND
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     extra: dict[str, Any] = field(default_factory=dict)
+    database: store.StoreConfig | None = None
     # Keys a newer deploy role may add: an older release (a rollback) must still start with them.
     ignored_keys: tuple[str, ...] = ()
 
@@ -176,7 +183,12 @@ def parse_config(raw: dict[str, Any], where: str) -> Config:
     extra = raw.get("extra", {})
     if not isinstance(extra, dict):
         raise bad("extra", "an object")
+    try:
+        database = store.parse_store_config(raw.get("database"), where)
+    except store.StoreConfigError as exc:
+        raise StartupError(str(exc)) from None
     return Config(
+        database=database,
         service=service,
         instance=instance,
         port=port,
@@ -300,6 +312,75 @@ class SampleHandler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._route()
 
+    def do_PUT(self) -> None:
+        url = urlsplit(self.path)
+        key = self._item_key(url.path)
+        if key is None:
+            self._discard_body()
+            self._send_json(404, {"error": "not found", "path": url.path})
+            return
+        body = self._read_body(MAX_PUT_BODY)
+        if body is None:
+            return
+        db = self.server.store
+        if db is None:
+            self._send_json(404, {"error": "this instance has no database"})
+            return
+        try:
+            stored = db.write(key, body.decode("utf-8", errors="replace"))
+        except ValueError as exc:
+            self._send_json(400, {"error": str(exc)})
+            return
+        except store.StoreError as exc:
+            self._send_json(503, {"error": f"database: {exc}", "instance": self.server.config.instance})
+            return
+        self._send_json(
+            200, {**stored, "instance": self.server.config.instance, "version": self.server.build.version}
+        )
+
+    @staticmethod
+    def _item_key(path: str) -> str | None:
+        prefix = "/db/items/"
+        if not path.startswith(prefix) or len(path) == len(prefix):
+            return None
+        return unquote(path[len(prefix) :])
+
+    def _read_body(self, limit: int) -> bytes | None:
+        length_text = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or length_text is None or not length_text.isdigit():
+            self._send_json(411, {"error": "a PUT needs a Content-Length"}, close=True)
+            return None
+        length = int(length_text)
+        if length > limit:
+            self._send_json(413, {"error": "request body too large"}, close=True)
+            return None
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            return None
+        return body
+
+    def _get_item(self, key: str, query: str) -> None:
+        db = self.server.store
+        if db is None:
+            self._send_json(404, {"error": "this instance has no database"})
+            return
+        which = "write" if parse_qs(query).get("from", [""])[-1] == "primary" else "read"
+        try:
+            item = db.read(key, which)
+        except ValueError as exc:
+            self._send_json(400, {"error": str(exc)})
+            return
+        except store.StoreError as exc:
+            self._send_json(503, {"error": f"database: {exc}", "instance": self.server.config.instance})
+            return
+        if item is None:
+            self._send_json(
+                404, {"error": "no such item", "key": key, "instance": self.server.config.instance}
+            )
+        else:
+            self._send_json(200, {**item, "instance": self.server.config.instance})
+
     def _route(self) -> None:
         if not self._discard_body():
             return
@@ -329,6 +410,8 @@ class SampleHandler(BaseHTTPRequestHandler):
                 self._send_json(200, {"status": "ok", "version": build.version})
         elif url.path == "/slow":
             self._slow(parse_qs(url.query).get("s", []))
+        elif self._item_key(url.path) is not None:
+            self._get_item(self._item_key(url.path) or "", url.query)
         else:
             self._send_json(404, {"error": "not found", "path": url.path})
 
@@ -407,6 +490,11 @@ class SampleServer(ThreadingHTTPServer):
         self.build = build
         self.output = output
         self.tracker = ConnectionTracker()
+        self.store = (
+            store.Store(config.database, config.instance, build.version)
+            if config.database is not None
+            else None
+        )
         self._served = 0
         self._served_lock = threading.Lock()
         if ipaddress.ip_address(config.bind).version == 6:
@@ -478,6 +566,9 @@ def run(config: Config, build: BuildInfo, output: Output) -> int:
             file=sys.stderr,
         )
         return EXIT_CANNOT_LISTEN
+    except store.StoreConfigError as exc:
+        print(f"berth-sample: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     accept_thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": ACCEPT_POLL_S}, name="accept"
     )

@@ -38,6 +38,8 @@ LANES: dict[str, tuple[str, ...]] = {
         "test_rollout_canary.py",
         "test_rollout_jobs.py",
         "test_rollout_parallel.py",
+        # last: it kills a database primary's machine (and brings it back)
+        "test_databases.py",
     ),
     # each of these labs starts the host's one libvirtd (and checks that none ran before): never two at once
     "libvirt": ("test_vm_substrate.py", "test_metal_substrate.py", "test_molecule.py"),

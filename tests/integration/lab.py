@@ -306,6 +306,10 @@ def lab_spec(path: Path, environment: str, state_dir: Path, shape: str = "lab") 
     raw["estate"]["lab_namespace"] = f"berth-{environment}"
     raw["state_dir"] = str(state_dir)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # the shape's group_vars (the lab's generated database passwords) go with the spec
+    group_vars = ROOT / "inventories" / shape / "group_vars"
+    if group_vars.is_dir():
+        shutil.copytree(group_vars, path.parent / "group_vars", dirs_exist_ok=True)
     return path
 
 

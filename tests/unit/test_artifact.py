@@ -406,6 +406,11 @@ def test_playbook_builds_every_version_then_changes_nothing(tmp_path: Path) -> N
     for tarball in dest.glob("*.tar.gz"):
         verify_artifact(tarball)
     with tarfile.open(dest / "orders-v3.tar.gz") as tar:
-        assert sorted(tar.getnames()) == ["orders-v3", "orders-v3/app.py", "orders-v3/version.json"]
+        assert sorted(tar.getnames()) == [
+            "orders-v3",
+            "orders-v3/app.py",
+            "orders-v3/store.py",
+            "orders-v3/version.json",
+        ]
         info = json.load(io.BytesIO(tar.extractfile("orders-v3/version.json").read()))  # type: ignore[union-attr]
     assert info["build_flags"]["broken_health"] is True

@@ -105,6 +105,24 @@ def instance_count(policy: dict[str, Any]) -> int:
     return count
 
 
+def database_members(spec: dict[str, Any]) -> set[str]:
+    """The database and etcd members the spec asks for (docs/databases.md), by name."""
+    environment = spec["environment"]
+    plans = {n: (b.get("database") or {}) for n, b in environment["services"].items() if isinstance(b, dict)}
+    found = set()
+    for name, plan in plans.items():
+        if plan.get("mode") == "dedicated":
+            found |= {f"{name}-db-{n}" for n in range(1, plan.get("replicas", 0) + 2)}
+    shared = (environment.get("databases") or {}).get("shared") or {}
+    if any(plan.get("mode") == "shared" for plan in plans.values()):
+        found |= {f"shared-db-{n}" for n in range(1, shared["members"] + 1)}
+    if found:
+        dcs = (environment.get("databases") or {}).get("dcs") or {}
+        failover = any(plan.get("replicas") for plan in plans.values()) or shared.get("members", 0) > 1
+        found |= {f"dcs-{n}" for n in range(1, dcs.get("members", 3 if failover else 1) + 1)}
+    return found
+
+
 def check_against_spec(exported: dict[str, Any], spec: dict[str, Any]) -> None:
     """The hosts, groups and variables a job needs, as the spec says they must be."""
     data = json.loads(json.dumps(exported), object_hook=plain)
@@ -117,7 +135,11 @@ def check_against_spec(exported: dict[str, Any], spec: dict[str, Any]) -> None:
     }
     lbs = {lb: dc for dc, body in datacenters.items() for lb in body.get("loadbalancers", {})}
     executors = {node: dc for dc, body in datacenters.items() for node in body.get("execution_nodes", {})}
-    assert set(hostvars) == {h for hosts in instances.values() for h in hosts} | set(lbs) | set(executors)
+    members = database_members(spec)
+    assert (
+        set(hostvars)
+        == {h for hosts in instances.values() for h in hosts} | set(lbs) | set(executors) | members
+    )
     for node, dc in executors.items():  # the hosts of the DC's instance group
         assert node in data["execution_nodes"]["hosts"] and node in data[f"execution_{dc}"]["hosts"]
     assert data["all"]["vars"]["berth_environment"] == environment["name"]

@@ -257,6 +257,15 @@ class FakeDebootstrap:
         (target / "var/lib/dbus/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
         (target / "var/cache/apt/archives").mkdir(parents=True)
         (target / "var/cache/apt/archives/systemd_252_amd64.deb").write_bytes(b"deb")
+        # what postgresql-15's and etcd-server's installs leave: a 15/main cluster, a one-member etcd
+        for leftover in (
+            "etc/postgresql/15/main",
+            "var/lib/postgresql/15/main/base",
+            "var/lib/etcd/default/member",
+        ):
+            (target / leftover).mkdir(parents=True)
+        (target / "etc/postgresql-common").mkdir()
+        (target / "etc/postgresql-common/createcluster.conf").write_text("ssl = on\n")
         return CommandResult(0, "I: Base system installed successfully.\n", "")
 
 
@@ -282,6 +291,15 @@ def test_build_then_reuse(tmp_path: Path) -> None:
     assert (rootfs / "etc/hostname").read_text() == "localhost\n"
     assert "no DNS" in (rootfs / "etc/resolv.conf").read_text()
     assert list((rootfs / "var/cache/apt/archives").iterdir()) == []
+    # only Patroni runs PostgreSQL, only a dcs member runs etcd, each in a cluster of its own
+    assert (
+        not (rootfs / "var/lib/postgresql/15/main").exists()
+        and not (rootfs / "etc/postgresql/15/main").exists()
+    )
+    assert not (rootfs / "var/lib/etcd/default").exists() and (rootfs / "var/lib/etcd").is_dir()
+    assert "create_main_cluster = false" in (rootfs / "etc/postgresql-common/createcluster.conf").read_text()
+    disabled = next(call for call in fake.calls if call[:1] == ["systemctl"] and "disable" in call)
+    assert {"etcd.service", "patroni.service", "postgresql.service", "haproxy.service"} <= set(disabled)
     assert ["systemctl", f"--root={image.partial_dir / 'rootfs'}", "enable", "systemd-networkd.service"] == (
         fake.calls[1][:4]
     )

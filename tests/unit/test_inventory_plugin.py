@@ -88,7 +88,8 @@ def test_lab_is_prod_shaped(envs: dict[str, dict[str, Any]]) -> None:
     assert hosts_of(lab, "lb_dc1") == ["lb-dc1"] and hosts_of(lab, "lb_dc2") == ["lb-dc2"]
     assert hosts_of(lab, "execution_dc1") == ["exec-dc1"] and hosts_of(lab, "execution_dc2") == ["exec-dc2"]
     addresses = [hostvars[h]["ansible_host"] for h in hostvars]
-    assert len(addresses) == len(set(addresses)) == 16
+    # 12 instances, 2 LBs, 2 execution nodes, 3 + 1 database members and 3 etcd members
+    assert len(addresses) == len(set(addresses)) == 23
     assert all(hostvars[h]["berth_substrate"] == "local" for h in hostvars)
 
 
@@ -196,7 +197,8 @@ def test_nodes_are_unique_and_sized_for_what_they_carry(envs: dict[str, dict[str
     assert (box["bridge"], box["prefix"], box["gateway"]) == ("br-dc1", 24, "10.71.1.1")
     assert found["ci-lb-ci"]["vcpus"] == 0
     lab = envs["lab"]["_meta"]["hostvars"]
-    assert len(nodes(lab, sorted(lab))) == 16  # 12 instances, 2 load balancers, 2 execution nodes
+    # 12 instances, 2 load balancers, 2 execution nodes, 4 database members, 3 etcd members
+    assert len(nodes(lab, sorted(lab))) == 23
     assert lab["catalog-1"]["berth_lab_bridges"] == [
         {"name": "br-dc1", "address": "10.70.1.1/24"},
         {"name": "br-dc2", "address": "10.70.2.1/24"},

@@ -81,3 +81,32 @@ def test_a_service_in_parallel_run_logs_its_copies_and_haproxy_takes_the_configu
         ["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_every_database_cluster_gets_a_write_and_a_read_endpoint_checked_on_patroni(tmp_path: Path) -> None:
+    from tests.unit.test_database_spec import with_databases
+
+    config = rendered(tmp_path, with_databases())
+    blocks = {block.split("\n", 1)[0]: block for block in config.split("\nlisten ")[1:]}
+    assert sorted(blocks) == [
+        "db_orders_db_read",
+        "db_orders_db_write",
+        "db_shared_db_read",
+        "db_shared_db_write",
+    ]
+    write, read = blocks["db_orders_db_write"], blocks["db_orders_db_read"]
+    assert "    mode tcp\n" in write and "    bind :15432\n" in write and "    bind :15433\n" in read
+    assert "http-check send meth GET uri /primary\n" in write
+    assert "http-check send meth GET uri /replica?lag=1048576\n" in read
+    for block in (write, read):
+        assert "on-marked-down shutdown-sessions" in block
+        servers = [line.split() for line in block.splitlines() if line.strip().startswith("server ")]
+        assert [s[1] for s in servers] == ["orders-db-1", "orders-db-2", "orders-db-3"]
+        assert {(s[2].split(":")[1], s[-1]) for s in servers} == {("5432", "8008")}
+    check = subprocess.run(
+        ["haproxy", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    # nothing about these sections (the state file is the LB's, absent here)
+    warnings = [line for line in (check.stdout + check.stderr).splitlines() if "WARNING" in line]
+    assert not [w for w in warnings if "server state file" not in w], warnings

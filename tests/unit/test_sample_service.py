@@ -297,6 +297,7 @@ def test_an_unknown_build_flag_is_refused(tmp_path: Path, releases: dict[str, Pa
     release = tmp_path / "catalog-v9"
     release.mkdir()
     (release / "app.py").write_bytes(releases["v1"].read_bytes())
+    (release / "store.py").write_bytes((releases["v1"].parent / "store.py").read_bytes())
     (release / "version.json").write_text(
         json.dumps(
             {"format": 1, "artifact": "catalog", "version": "v9", "build_flags": {"broken_heath": True}}

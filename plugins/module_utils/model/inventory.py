@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.berth.fleet.plugins.module_utils.model import statedir
+from ansible_collections.berth.fleet.plugins.module_utils.model import dbaccess, statedir
 from ansible_collections.berth.fleet.plugins.module_utils.model.names import (
     colour_backend,
     colour_group,
@@ -74,15 +74,20 @@ def build_inventory(placement: Placement, state_dir: str = DEFAULT_STATE_DIR) ->
         "berth_lab_bridges": _lab_bridges(topology),
         # the environment's database estate: the shared cluster, Patroni's store (issue 14)
         "berth_databases": topology.databases.as_dict(),
+        # what every load balancer fronts of them (two ports per cluster) and etcd's members
+        "berth_db_endpoints": dbaccess.lb_clusters(placement),
+        "berth_dcs_members": dbaccess.dcs_members(placement),
     }
     # a service's descriptor sits on its group, so each host carries only its own service's
     for service_name, descriptor in _services(topology).items():
         data.group_vars[group_name("svc", service_name)] = {"berth_service_spec": descriptor}
     for instance in placement.instances:
         machine = topology.machine(instance.machine)
-        data.add(
-            instance.name, _instance_vars(topology, instance, machine), instance_groups(topology, instance)
-        )
+        instance_vars = _instance_vars(topology, instance, machine)
+        database = dbaccess.instance_database(placement, instance)
+        if database is not None:
+            instance_vars["berth_database"] = database
+        data.add(instance.name, instance_vars, instance_groups(topology, instance))
     for member in placement.members:
         machine = topology.machine(member.machine)
         data.add(
@@ -223,6 +228,9 @@ def _member_vars(
             "resources": cluster.resources.sizes(),
         },
     }
+    if member.kind == "database":
+        # its pg_hba, its peers (replication), the LBs that front it (dbaccess.py)
+        host_vars["berth_member_spec"]["access"] = dbaccess.member_access(placement, member)
     return {**host_vars, **_machine_vars(topology, machine)}
 
 

@@ -48,6 +48,8 @@ class InstanceFile:
     mode: int
     owner: str = "root"
     group: str = "root"
+    # a password file: written like any other, never shown (its diff says only that it changed)
+    secret: bool = field(default=False)
 
 
 @dataclass(frozen=True)
@@ -210,12 +212,13 @@ class Installer:
             return
         if not same_content:
             self._record(f"write {item.path}")
+            hidden = "(secret - not shown)\n"
             self.result.diff.append(
                 {
                     "before_header": str(item.path),
                     "after_header": str(item.path),
-                    "before": before or "",
-                    "after": item.content,
+                    "before": (hidden if before else "") if item.secret else before or "",
+                    "after": hidden if item.secret else item.content,
                 }
             )
         else:
@@ -255,8 +258,9 @@ def _ids(item: InstanceFile, allow_missing: bool) -> tuple[int, int]:
     return owner, group
 
 
-def files_from(raw: Sequence[dict[str, Any]]) -> tuple[InstanceFile, ...]:
-    """The module's ``files`` option (path, content, mode as octal text, owner, group)."""
+def files_from(raw: Sequence[dict[str, Any]], secret: bool = False) -> tuple[InstanceFile, ...]:
+    """The module's ``files`` option (path, content, mode as octal text, owner, group), or with
+    ``secret`` its ``secret_files``."""
     files = []
     for entry in raw:
         mode = str(entry.get("mode") or "0644")
@@ -271,6 +275,7 @@ def files_from(raw: Sequence[dict[str, Any]]) -> tuple[InstanceFile, ...]:
                 mode=number,
                 owner=str(entry.get("owner") or "root"),
                 group=str(entry.get("group") or "root"),
+                secret=secret,
             )
         )
     return tuple(files)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,16 @@ from ansible_collections.berth.fleet.plugins.module_utils.local.image.spec impor
 # Lab hosts have no route to any mirror: periodic apt jobs would only fail. HAProxy is baked in so
 # that roles need no network, but only hosts that a role makes a load balancer should run it.
 UNITS_TO_ENABLE: tuple[str, ...] = ("systemd-networkd.service", "ssh.service")
-UNITS_TO_DISABLE: tuple[str, ...] = ("apt-daily.timer", "apt-daily-upgrade.timer", "haproxy.service")
+# The same goes for the database engines: only a database member runs Patroni (which runs
+# PostgreSQL itself) and only a dcs member runs etcd.
+UNITS_TO_DISABLE: tuple[str, ...] = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "haproxy.service",
+    "etcd.service",
+    "patroni.service",
+    "postgresql.service",
+)
 
 SSHD_DROP_IN = """\
 # Berth lab host: key-only root login, one host key that Berth generates per machine.
@@ -113,6 +123,25 @@ def systemctl_argvs(rootfs: Path) -> list[list[str]]:
     ]
 
 
+# postgresql-common makes and would start a "15/main" cluster on port 5432 at install: on a Berth
+# node only Patroni runs PostgreSQL, in a data directory of its own.
+CREATECLUSTER_NO_MAIN = "create_main_cluster = false\n"
+
+
+def _no_default_databases(rootfs: Path) -> None:
+    """Drop the cluster postgresql-15's install made and etcd's single-member data, if any: a
+    member that started with them would serve the wrong cluster."""
+    conf = rootfs / "etc/postgresql-common/createcluster.conf"
+    if conf.exists():
+        text = conf.read_text()
+        if CREATECLUSTER_NO_MAIN not in text:
+            conf.write_text(text + "\n# Berth: only Patroni makes clusters\n" + CREATECLUSTER_NO_MAIN)
+    for leftover in ("etc/postgresql/15/main", "var/lib/postgresql/15/main", "var/lib/etcd/default"):
+        path = rootfs / leftover
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+
+
 def customise_rootfs(rootfs: Path, runner: Runner) -> None:
     """Turn a fresh debootstrap into a lab-host base: nothing per-machine may be left in it."""
     etc = rootfs / "etc"
@@ -138,6 +167,7 @@ def customise_rootfs(rootfs: Path, runner: Runner) -> None:
     (etc / "cloud/cloud-init.disabled").write_text(
         "Berth: enabled only in guest images (berth.fleet.guest_image)\n"
     )
+    _no_default_databases(rootfs)
     for argv in systemctl_argvs(rootfs):
         run_checked(runner, argv)
     for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):

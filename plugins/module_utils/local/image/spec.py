@@ -17,7 +17,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.common import command
 from ansible_collections.berth.fleet.plugins.module_utils.common.command import CommandResult, Runner
 
 # Bump whenever customise_rootfs() or the debootstrap invocation changes what ends up in an image.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 DEFAULT_IMAGES_DIR = Path("/var/lib/berth/images")
 DEFAULT_SUITE = "bookworm"
@@ -47,6 +47,18 @@ BASE_PACKAGES: tuple[str, ...] = (
     # provides a virtual package that cloud-init needs; debootstrap resolves only real packages
     "python3-cffi-backend",
     "udev",
+    # database members (docs/databases.md): PostgreSQL run by Patroni, etcd as Patroni's store;
+    # baked in like HAProxy (lab hosts have no route to a mirror), started only where a role says.
+    # Patroni 3.0 talks to etcd's v3 gateway itself: it needs python3-etcd (its DNS helpers) and
+    # urllib3. The sample service connects with psycopg2.
+    "postgresql-15",
+    "patroni",
+    "python3-etcd",
+    "python3-urllib3",
+    "python3-psycopg2",
+    "etcd-server",
+    # every node's firewall, generated from the placement
+    "nftables",
 )
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,47}$")
