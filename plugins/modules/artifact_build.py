@@ -45,6 +45,15 @@ options:
         values strings, numbers, booleans or null. The service decides what they mean.
     type: dict
     default: {}
+  migrations:
+    description:
+      - The release's schema changes, in the order they run - file names in O(source)/migrations/,
+        each C(<nnn>_<what>.expand.sql) or C(<nnn>_<what>.contract.sql). Only these are packed
+        (under C(migrations/)), and C(version.json) lists each one's id, phase, file and sha256.
+        A version that lists none packs none, and its C(version.json) has no C(migrations).
+    type: list
+    elements: str
+    default: []
   state:
     description: V(present) builds the artifact unless it exists with this content; V(absent) removes it.
     type: str
@@ -153,6 +162,7 @@ def main() -> None:
             "source": {"type": "path"},
             "dest": {"type": "path", "required": True},
             "build_flags": {"type": "dict", "default": {}},
+            "migrations": {"type": "list", "elements": "str", "default": []},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "force": {"type": "bool", "default": False},
         },
@@ -166,6 +176,7 @@ def main() -> None:
         dest=Path(params["dest"]),
         source=Path(params["source"]) if params["source"] else None,
         build_flags=params["build_flags"],
+        migrations=tuple(params["migrations"]),
     )
     try:
         result = ArtifactBuilder(spec).ensure(params["state"], module.check_mode, force=params["force"])

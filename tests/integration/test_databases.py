@@ -92,7 +92,7 @@ def whole(lab: RolloutLab, cluster: str, count: int) -> bool:
     return (
         len(states) == count
         and bool(leader(view))
-        and all(state == "running" for _, state in states.values())
+        and all(role_state[1] == "running" for role_state in states.values())
         and all(m.get("lag") == 0 for m in view["members"] if m["role"] != "leader")
     )
 
@@ -161,9 +161,9 @@ def test_each_cluster_is_whole_and_each_service_writes_to_its_primary_and_reads_
     orders = patroni(lab, "orders-db")
     states = roles(orders)
     assert sorted(states) == members(lab, "orders-db") and len(states) == 3, states
-    assert [r for r, _ in states.values()].count("leader") == 1
+    assert [role_state[0] for role_state in states.values()].count("leader") == 1
     # synchronous: the cluster has 3 members, one replica confirms every commit
-    assert "sync_standby" in [r for r, _ in states.values()], states
+    assert "sync_standby" in [role_state[0] for role_state in states.values()], states
     assert whole(lab, "orders-db", 3) and whole(lab, "shared-db", 1)
     primary = address(lab, leader(orders))
     replicas = {address(lab, m["name"]) for m in orders["members"] if m["role"] != "leader"}
@@ -180,7 +180,7 @@ def test_each_cluster_is_whole_and_each_service_writes_to_its_primary_and_reads_
     catalog = put(lab, f"{frontends(lab, 'catalog')[0]}/db/items/whole-c", "c")
     assert catalog["server"] == shared, catalog  # catalog's database is on the shared cluster
     lab_metrics.add(
-        f"databases: orders-db {', '.join(f'{n} {r}' for n, (r, _) in sorted(states.items()))}; "
+        f"databases: orders-db {', '.join(f'{n} {rs[0]}' for n, rs in sorted(states.items()))}; "
         f"{report['ok']} reads from its replicas, 0 failed"
     )
 

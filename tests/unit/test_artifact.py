@@ -414,3 +414,78 @@ def test_playbook_builds_every_version_then_changes_nothing(tmp_path: Path) -> N
         ]
         info = json.load(io.BytesIO(tar.extractfile("orders-v3/version.json").read()))  # type: ignore[union-attr]
     assert info["build_flags"]["broken_health"] is True
+
+
+# --- a release's migrations ---------------------------------------------------------------------------
+
+
+def with_migrations(root: Path) -> Path:
+    source = make_source(root)
+    (source / "migrations").mkdir()
+    (source / "migrations" / "001_items.expand.sql").write_text("CREATE TABLE items (key text);\n")
+    (source / "migrations" / "002_note.expand.sql").write_text("ALTER TABLE items ADD COLUMN note text;\n")
+    (source / "migrations" / "003_note_required.contract.sql").write_text(
+        "ALTER TABLE items ALTER note SET NOT NULL;\n"
+    )
+    return source
+
+
+def test_a_version_packs_only_the_migrations_it_lists_and_says_each_ones_phase(tmp_path: Path) -> None:
+    import hashlib
+
+    source = with_migrations(tmp_path)
+    listed = ("001_items.expand.sql", "002_note.expand.sql")
+    spec = ArtifactSpec(name="catalog", version="v2", dest=tmp_path / "out", source=source, migrations=listed)
+    ArtifactBuilder(spec).ensure("present", False)
+    with tarfile.open(spec.path) as tar:
+        names = sorted(tar.getnames())
+        info = json.loads(tar.extractfile("catalog-v2/version.json").read())  # type: ignore[union-attr]
+    assert "catalog-v2/migrations/001_items.expand.sql" in names
+    assert "catalog-v2/migrations/003_note_required.contract.sql" not in names
+    assert info["migrations"] == [
+        {
+            "id": "001_items",
+            "phase": "expand",
+            "file": "migrations/001_items.expand.sql",
+            "sha256": hashlib.sha256(
+                (source / "migrations" / "001_items.expand.sql").read_bytes()
+            ).hexdigest(),
+        },
+        {
+            "id": "002_note",
+            "phase": "expand",
+            "file": "migrations/002_note.expand.sql",
+            "sha256": hashlib.sha256(
+                (source / "migrations" / "002_note.expand.sql").read_bytes()
+            ).hexdigest(),
+        },
+    ]
+    # a version that lists none is what it was before migrations existed: no folder, no key
+    plain = ArtifactSpec(name="catalog", version="v1", dest=tmp_path / "out", source=source)
+    ArtifactBuilder(plain).ensure("present", False)
+    with tarfile.open(plain.path) as tar:
+        assert not [n for n in tar.getnames() if "migrations" in n]
+        assert "migrations" not in json.loads(tar.extractfile("catalog-v1/version.json").read())  # type: ignore[union-attr]
+    # adding a migration file for a later release changes no built version
+    (source / "migrations" / "004_more.expand.sql").write_text("SELECT 1;\n")
+    assert not ArtifactBuilder(spec).ensure("present", False).changed
+
+
+@pytest.mark.parametrize(
+    ("names", "fragment"),
+    [
+        (("items.sql",), "is not a migration file name"),
+        (("001_items.forward.sql",), "is not a migration file name"),
+        (("002_note.expand.sql", "001_items.expand.sql"), "comes after 002_note: list them in order"),
+        (("001_items.expand.sql", "001_items.expand.sql"), "001_items is listed twice"),
+        (("009_missing.expand.sql",), "is not a regular file"),
+    ],
+)
+def test_malformed_migrations_are_refused_before_anything_is_built(
+    tmp_path: Path, names: tuple[str, ...], fragment: str
+) -> None:
+    source = with_migrations(tmp_path)
+    spec = ArtifactSpec(name="catalog", version="v2", dest=tmp_path / "out", source=source, migrations=names)
+    with pytest.raises(ArtifactError, match=re.escape(fragment)):
+        ArtifactBuilder(spec).ensure("present", False)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

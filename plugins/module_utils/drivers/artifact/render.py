@@ -25,6 +25,7 @@ from typing import IO, Any
 from ansible_collections.berth.fleet.plugins.module_utils.common.fs import sha256_stream
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.spec import (
     BUILD_INFO_FILE,
+    MIGRATIONS_DIR,
     RELEASE_DEFINITIONS_FILE,
     ArtifactError,
 )
@@ -65,11 +66,15 @@ def _excluded(rel: str, name: str) -> bool:
         or name == "__pycache__"
         or name.endswith((".pyc", ".pyo"))
         or rel == RELEASE_DEFINITIONS_FILE
+        # packed only as the version lists them (collect_members' migrations)
+        or rel == MIGRATIONS_DIR
+        or rel.startswith(MIGRATIONS_DIR + "/")
     )
 
 
-def collect_members(source: Path, build_info: bytes) -> list[Member]:
-    """The archive's entries from a source tree, sorted, plus the generated build info.
+def collect_members(source: Path, build_info: bytes, migrations: tuple[str, ...] = ()) -> list[Member]:
+    """The archive's entries from a source tree, sorted, plus the generated build info and the
+    migrations the version lists (``migrations/<file>``).
 
     Symlinks and special files are refused: they would not mean the same thing on every host.
     """
@@ -91,6 +96,12 @@ def collect_members(source: Path, build_info: bytes) -> list[Member]:
     if not any(not member.is_dir for member in members):
         raise ArtifactError(f"source: {source} holds no files")
     members.append(Member(BUILD_INFO_FILE, False, FILE_MODE, data=build_info))
+    if migrations:
+        members.append(Member(MIGRATIONS_DIR, True, DIR_MODE))
+        for name in migrations:
+            members.append(
+                Member(f"{MIGRATIONS_DIR}/{name}", False, FILE_MODE, source=source / MIGRATIONS_DIR / name)
+            )
     return sorted(members, key=lambda member: member.sort_key)
 
 

@@ -124,7 +124,7 @@ class ArtifactBuilder:
     def present(self, check_mode: bool, force: bool) -> ArtifactResult:
         if self.spec.source is None:
             raise ArtifactError("source: required to build an artifact")
-        members = collect_members(self.spec.source, render_build_info(self.spec))
+        members = collect_members(self.spec.source, render_build_info(self.spec), self.spec.migrations)
         planned = render_artifact(self.spec.stem, members, None)
         if check_mode:
             return self._apply(self.get_existing(), planned, members, force, write=False)
