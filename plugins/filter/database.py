@@ -17,9 +17,10 @@ description:
   - The same file provides C(etcd_environment), used as
     C(member | berth.fleet.etcd_environment(berth_dcs_members, berth_environment)),
     which returns the text of an etcd member's C(/etc/default/etcd); and C(db_password_problems),
-    used as C(berth_db_passwords | berth.fleet.db_password_problems(member_specs)), which returns
-    what is missing or malformed in the passwords the members of C(member_specs) need (by key, never
-    a value).
+    used as C(berth_db_passwords | berth.fleet.db_password_problems(specs, system=true)), which
+    returns what is missing or malformed in the passwords that C(specs) need - database members'
+    C(berth_member_spec) (their owners' roles, and with C(system) the cluster's own) or instances'
+    C(berth_database) (their owner role) - by key, never a value.
 options:
   _input:
     description: The member, C(name) and C(address).
@@ -82,17 +83,18 @@ def etcd_environment(member, dcs_members, environment):
         raise AnsibleFilterError(f"etcd_environment: {exc}") from None
 
 
-def db_password_problems(passwords, member_specs):
-    roles = sorted(
-        {
-            owner["role"]
-            for spec in member_specs
-            for owner in ((spec or {}).get("access") or {}).get("owners", [])
-        }
-    )
+def db_password_problems(passwords, member_specs, system=True):
+    """``member_specs``: database members' ``berth_member_spec`` (their owners' roles), or instances'
+    ``berth_database`` (their own role); ``system``: also the cluster's own roles' passwords."""
+    roles = set()
+    for spec in member_specs:
+        spec = spec or {}
+        roles |= {owner["role"] for owner in (spec.get("access") or {}).get("owners", [])}
+        if isinstance(spec.get("role"), str):
+            roles.add(spec["role"])
     if not member_specs:
         return []
-    return config.password_problems(passwords, roles)
+    return config.password_problems(passwords, sorted(roles), system=bool(system))
 
 
 def db_owner_logins(owners, passwords):

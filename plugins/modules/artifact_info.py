@@ -63,6 +63,14 @@ sha256:
   description: Its verified sha256.
   returned: success
   type: str
+migrations:
+  description:
+    - The release's migrations, in the order they run (its C(version.json)), each with C(id),
+      C(phase) (C(expand) or C(contract)), C(file), C(sha256) and C(sql) (checked against the
+      sha256); empty for a version that carries none.
+  returned: success
+  type: list
+  elements: dict
 """
 
 from pathlib import Path
@@ -75,7 +83,10 @@ from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.spec 
     ArtifactError,
     ArtifactSpec,
 )
-from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.verify import verify_artifact
+from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.verify import (
+    read_migrations,
+    verify_artifact,
+)
 
 # one argument spec for both paths: this module, and its action plugin (run on the controller)
 ARGUMENT_SPEC: dict[str, Any] = {
@@ -100,7 +111,11 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         sha256 = verify_artifact(spec.path, spec.checksum_path)
     except ArtifactError as exc:
         raise ModuleFailure(f"{exc}: refusing to deploy it") from None
-    return {"changed": False, "path": str(spec.path), "sha256": sha256}
+    try:
+        migrations = read_migrations(spec.path, spec.stem)
+    except ArtifactError as exc:
+        raise ModuleFailure(str(exc)) from None
+    return {"changed": False, "path": str(spec.path), "sha256": sha256, "migrations": migrations}
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ description:
   - A running rollout's parts (M(berth.fleet.rollout_steps), M(berth.fleet.lb_traffic),
     M(berth.fleet.instance_cycle)) record their own outcomes; the journal derives the finished
     batches, the halt and the completion from them.
+  - C(migrations) records the schema's phase - per phase, the release whose migrations ran and
+    which - and C(phase) (C(expanded) or C(contracted)); a journal a later rollout starts keeps it.
   - C(rollback_version) returns the one revision the last rollout started from, or fails saying
     why there is none. C(desired_version) returns the version a reconcile converges to and why.
   - The file is written atomically with mode 0600.
@@ -47,10 +49,28 @@ options:
     description: What to do (see the description).
     type: str
     default: read
-    choices: [read, start, rollback_version, desired_version]
+    choices: [read, start, rollback_version, desired_version, migrations]
   target:
-    description: With C(start), the version being rolled out.
+    description:
+      - With C(start), the version being rolled out; with C(migrations), the release whose
+        migrations ran.
     type: str
+  phase:
+    description: With C(migrations), the phase that ran (C(expand) or C(contract)).
+    type: str
+    choices: [expand, contract]
+    version_added: 0.6.0
+  applied:
+    description: With C(migrations), the ids this run ran.
+    type: list
+    elements: str
+    version_added: 0.6.0
+  ledger:
+    description:
+      - With C(migrations), the database's ledger after the run (M(berth.fleet.db_migrate)'s C(ledger)).
+    type: list
+    elements: dict
+    version_added: 0.6.0
   versions:
     description: With C(start), the version each instance runs now (C('') for none).
     type: dict
@@ -134,6 +154,7 @@ from ansible_collections.berth.fleet.plugins.module_utils.planner import progres
 EARLIER_PARTS_TIMEOUT = 300
 REQUIRED_BY_ACTION = {
     "start": ["target", "versions", "batches"],
+    "migrations": ["target", "phase", "ledger"],
     "desired_version": ["inventory_version"],
 }
 
@@ -148,6 +169,13 @@ def advance(params: dict[str, Any], before: dict[str, Any], path: str) -> dict[s
         if params["steps"] is not None:
             journal = progress.run_started(journal, params["steps"], params["lbs"])
         return {"journal": journal}
+    if action == "migrations":
+        applied = list(params["applied"] or [])
+        return {
+            "journal": rollout_journal.migrations_recorded(
+                before, params["phase"], params["target"], applied, list(params["ledger"])
+            )
+        }
     if action == "rollback_version":
         return {"journal": before, "version": rollout_journal.rollback_version(before, service, path)}
     if action == "desired_version":
@@ -166,8 +194,11 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "action": {
         "type": "str",
         "default": "read",
-        "choices": ["read", "start", "rollback_version", "desired_version"],
+        "choices": ["read", "start", "rollback_version", "desired_version", "migrations"],
     },
+    "phase": {"type": "str", "choices": ["expand", "contract"]},
+    "applied": {"type": "list", "elements": "str"},
+    "ledger": {"type": "list", "elements": "dict"},
     "target": {"type": "str"},
     "versions": {"type": "dict"},
     "batches": {"type": "list", "elements": "list"},

@@ -81,12 +81,16 @@ class BuildInfo:
     # the share of requests other than /health answered 500 (every n-th: deterministic, so a
     # canary's analysis sees exactly this rate); 0 serves them all
     error_rate: float = 0.0
+    # the schema of its database table the release is written for (its migrations make it): 1 writes
+    # key, value, written_by, version; 2 also writes note (a column migration 002 adds)
+    db_schema: int = 1
 
 
 _BUILD_FLAG_TYPES: dict[str, type | tuple[type, ...]] = {
     "greeting": str,
     "broken_health": bool,
     "error_rate": (int, float),
+    "db_schema": int,
 }
 
 
@@ -491,7 +495,7 @@ class SampleServer(ThreadingHTTPServer):
         self.output = output
         self.tracker = ConnectionTracker()
         self.store = (
-            store.Store(config.database, config.instance, build.version)
+            store.Store(config.database, config.instance, build.version, schema=build.db_schema)
             if config.database is not None
             else None
         )

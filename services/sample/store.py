@@ -37,12 +37,22 @@ CONNECT_TIMEOUT_S = 3
 READ_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 1.5)
 MAX_KEY = 128
 MAX_VALUE = 4096
-TABLE_DDL = (
-    "CREATE TABLE IF NOT EXISTS items ("
-    " key text PRIMARY KEY, value text NOT NULL,"
-    " written_by text NOT NULL, version text NOT NULL,"
-    " written_at timestamptz NOT NULL DEFAULT now())"
-)
+# the table is the release's migrations' (migrations/001_items.expand.sql and later): the service
+# never makes or changes it itself
+WRITES = {
+    1: (
+        "INSERT INTO items (key, value, written_by, version) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value,"
+        " written_by = EXCLUDED.written_by, version = EXCLUDED.version, written_at = now()"
+        " RETURNING host(inet_server_addr())"
+    ),
+    2: (
+        "INSERT INTO items (key, value, written_by, version, note) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, written_by = EXCLUDED.written_by,"
+        " version = EXCLUDED.version, note = EXCLUDED.note, written_at = now()"
+        " RETURNING host(inet_server_addr())"
+    ),
+}
 
 
 class StoreConfigError(Exception):
@@ -99,16 +109,23 @@ Connect = Callable[..., Any]
 
 class Store:
     def __init__(
-        self, config: StoreConfig, instance: str, version: str, connect: Connect | None = None
+        self,
+        config: StoreConfig,
+        instance: str,
+        version: str,
+        connect: Connect | None = None,
+        schema: int = 1,
     ) -> None:
         if connect is None and not HAS_PSYCOPG2:
             raise StoreConfigError("the config names a database, and psycopg2 (python3-psycopg2) is missing")
+        if schema not in WRITES:
+            raise StoreConfigError(f"build flag db_schema: expected one of {sorted(WRITES)}, got {schema!r}")
+        self.schema = schema
         self.config = config
         self.instance = instance
         self.version = version
         self._connect_fn = connect or psycopg2.connect
         self._local = threading.local()
-        self._table_ready = False
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (psycopg2.Error,) if HAS_PSYCOPG2 else (Exception,)
@@ -151,19 +168,13 @@ class Store:
         _check(key, value)
         conn = self._conn("write")
         try:
+            row: tuple[str, ...] = (key, value, self.instance, self.version)
+            if self.schema == 2:
+                row = (*row, f"written by {self.instance} ({self.version})")
             with conn.cursor() as cur:
-                if not self._table_ready:
-                    cur.execute(TABLE_DDL)
-                cur.execute(
-                    "INSERT INTO items (key, value, written_by, version) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value,"
-                    " written_by = EXCLUDED.written_by, version = EXCLUDED.version, written_at = now()"
-                    " RETURNING host(inet_server_addr())",
-                    (key, value, self.instance, self.version),
-                )
+                cur.execute(WRITES[self.schema], row)
                 server = cur.fetchone()[0]
             conn.commit()  # with a synchronous standby, this returns once the standby has it
-            self._table_ready = True
         except self._errors() as exc:
             self._drop("write")
             raise StoreError(f"write: {_first_line(exc)}") from None

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.lab import MACHINES_DIR, PROVISION, ROOT, PlaybookRun, run_playbook
-from tests.integration.test_rollout import RolloutLab
+from tests.integration.lab import MACHINES_DIR, PROVISION, ROLLBACK, ROOT, PlaybookRun, run_playbook
+from tests.integration.test_rollout import RolloutLab, assert_no_request_lost
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,6 +35,7 @@ pytestmark = [
 ]
 
 DBLOAD = ROOT / "tools" / "dbload.py"
+MIGRATE = ROOT / "playbooks" / "migrate.yml"
 RUNS: list[PlaybookRun] = []  # every playbook run of this module: no password may be in any
 
 
@@ -147,11 +148,16 @@ def passwords(lab: RolloutLab) -> dict[str, str]:
     return {path.name: path.read_text().strip() for path in sorted(folder.iterdir())}
 
 
-def psql(lab: RolloutLab, node: str, dsn: str, password: str) -> subprocess.CompletedProcess[str]:
-    """psql on a lab node (the client of postgresql-15 in the base image), one SELECT."""
+def psql(
+    lab: RolloutLab,
+    node: str,
+    dsn: str,
+    password: str,
+    query: str = "SELECT current_user, current_database()",
+) -> subprocess.CompletedProcess[str]:
+    """psql on a lab node (the client of postgresql-15 in the base image), one query."""
     return lab.ssh.run(
-        address(lab, node),
-        f"PGPASSWORD='{password}' PGCONNECT_TIMEOUT=5 psql '{dsn}' -tAc 'SELECT current_user, current_database()'",
+        address(lab, node), f"PGPASSWORD='{password}' PGCONNECT_TIMEOUT=5 psql '{dsn}' -tAc \"{query}\""
     )
 
 
@@ -330,35 +336,6 @@ def test_the_primary_killed_under_write_load_fails_over_and_loses_no_acknowledge
     assert roles(patroni(lab, "orders-db"))[old][0] != "leader"
 
 
-def start_times(lab: RolloutLab) -> dict[str, str]:
-    """When each PostgreSQL (Patroni's view) and each etcd started: a restart changes them."""
-    found = {}
-    for host, host_vars in sorted(lab.hostvars.items()):
-        if host_vars.get("berth_role") == "database":
-            found[host] = str(
-                lab.get(f"http://{address(lab, host)}:8008/patroni").get("postmaster_start_time")
-            )
-        elif host_vars.get("berth_role") == "dcs":
-            shown = lab.ssh.run(address(lab, host), "systemctl show -p ActiveEnterTimestampMonotonic etcd")
-            found[host] = shown.stdout.strip()
-    assert all(value and value != "None" for value in found.values()), found
-    return found
-
-
-def test_provision_and_deploy_again_change_nothing_and_restart_no_database(lab: RolloutLab) -> None:
-    before = start_times(lab)
-    again = run_playbook(PROVISION, str(lab.spec))
-    RUNS.append(again)
-    assert again.returncode == 0, again.output[-4000:]
-    assert again.changed == 0, again.recaps
-    (serving,) = set(lab.versions("catalog").values())  # what the modules before left running
-    deploy = lab.deploy("-e", "service=catalog", "-e", f"version={serving}")
-    RUNS.append(deploy)
-    assert deploy.returncode == 0, deploy.output[-4000:]
-    assert deploy.changed == 0, deploy.recaps
-    assert start_times(lab) == before
-
-
 def test_no_password_reaches_any_log(lab: RolloutLab) -> None:
     """Every playbook output of this module, a check-mode deploy and provision at -vvv with --diff,
     the lab's state directory and the database members' journals: none holds a password."""
@@ -386,6 +363,116 @@ def test_no_password_reaches_any_log(lab: RolloutLab) -> None:
     ]
     assert leaks == [], leaks
     assert len(texts) > 10
+
+
+def ledger(lab: RolloutLab, service: str) -> list[str]:
+    """The ids in the service's migration ledger, read by psql as its owner on the primary."""
+    db = lab.hostvars[lab.instances(service)[0]]["berth_database"]
+    hosts = ",".join(db["members"])
+    shown = psql(
+        lab,
+        lab.instances(service)[0],
+        f"host={hosts} port={db['member_port']} dbname={db['name']} user={db['role']} target_session_attrs=read-write",
+        passwords(lab)[db["role"]],
+        "SELECT string_agg(id || ':' || phase || ':' || version, ' ' ORDER BY id) FROM berth_migrations",
+    )
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout.split()
+
+
+def test_a_rolling_upgrade_with_an_expand_migration_under_load_then_contract_once_nothing_older_serves(
+    lab: RolloutLab, lab_metrics: Any
+) -> None:
+    if set(lab.versions("catalog").values()) != {"v1"}:
+        back = lab.deploy("-e", "service=catalog", "-e", "version=v1")
+        RUNS.append(back)
+        assert back.returncode == 0, back.output[-4000:]
+    # a contract while v1 serves everywhere is refused, naming who, and touches nothing
+    early = lab.deploy("-e", "service=catalog", "-e", "version=v2", playbook=MIGRATE)
+    RUNS.append(early)
+    assert early.returncode != 0
+    said = " ".join(early.output.split())
+    assert "contract of v2 refused: an instance of another version is still in rotation" in said, said[-3000:]
+    assert "catalog-1 (v1) on lb-dc1, lb-dc2" in said
+    assert not [row for row in ledger(lab, "catalog") if row.startswith("003_")]
+
+    # modules before may have rolled catalog to v2 already (its expand then ran with them)
+    expanded_before = any(row.startswith("002_items_note:") for row in ledger(lab, "catalog"))
+    writes = DbLoad(lab, "catalog", "write", "expand", 30)
+    run, report = lab.deploy_under_load("expand", "-e", "service=catalog", "-e", "version=v2")
+    written = writes.stop()
+    RUNS.append(run)
+    assert run.returncode == 0, run.output[-6000:]
+    assert_no_request_lost(report)
+    assert written["failed"] == 0, written["samples"]  # v1 and v2 both wrote while it rolled
+    expected = "nothing to run, the ledger has every one" if expanded_before else "ran 002_items_note"
+    assert f"expand of v2: {expected}" in " ".join(run.output.split())
+    rows = ledger(lab, "catalog")
+    assert [r for r in rows if r.startswith("001_items:expand:")] and "002_items_note:expand:v2" in rows, rows
+    assert lab.journal("catalog")["migrations"]["phase"] == "expanded"
+    # the same deploy again: nothing to run
+    again = lab.deploy("-e", "service=catalog", "-e", "version=v2")
+    RUNS.append(again)
+    assert again.returncode == 0 and "nothing to run, the ledger has every one" in " ".join(
+        again.output.split()
+    )
+
+    contract = lab.deploy("-e", "service=catalog", "-e", "version=v2", playbook=MIGRATE)
+    RUNS.append(contract)
+    assert contract.returncode == 0, contract.output[-4000:]
+    assert "contract of v2: ran 003_items_note_required" in " ".join(contract.output.split())
+    assert "003_items_note_required:contract:v2" in ledger(lab, "catalog")
+    journal = lab.journal("catalog")
+    assert (
+        journal["migrations"]["phase"] == "contracted"
+        and journal["migrations"]["contract"]["version"] == "v2"
+    )
+
+    # after the contract: rollback to v1 (which writes no note) is refused, and so is a deploy of v1
+    refused = lab.deploy(playbook=ROLLBACK, **{"service": "catalog"})
+    RUNS.append(refused)
+    assert refused.returncode != 0
+    said = " ".join(refused.output.split())
+    assert "rollback of v1 refused: contract migration(s) 003_items_note_required (run by v2" in said, said[
+        -3000:
+    ]
+    assert set(lab.versions("catalog").values()) == {"v2"}  # nothing was touched
+    lab_metrics.add(
+        f"databases: catalog v1 -> v2 with expand 002 under load: {report['short']['sent']} requests and "
+        f"{written['ok']} writes, 0 failed; contract refused while v1 served, ran after; rollback refused"
+    )
+
+
+def start_times(lab: RolloutLab) -> dict[str, str]:
+    """When each PostgreSQL (Patroni's view) and each etcd started: a restart changes them."""
+    found = {}
+    for host, host_vars in sorted(lab.hostvars.items()):
+        if host_vars.get("berth_role") == "database":
+            found[host] = str(
+                lab.get(f"http://{address(lab, host)}:8008/patroni").get("postmaster_start_time")
+            )
+        elif host_vars.get("berth_role") == "dcs":
+            shown = lab.ssh.run(address(lab, host), "systemctl show -p ActiveEnterTimestampMonotonic etcd")
+            found[host] = shown.stdout.strip()
+    assert all(value and value != "None" for value in found.values()), found
+    return found
+
+
+def test_provision_and_deploy_again_change_nothing_and_restart_no_database(lab: RolloutLab) -> None:
+    before = start_times(lab)
+    again = run_playbook(PROVISION, str(lab.spec))
+    RUNS.append(again)
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.changed == 0, again.recaps
+    (serving,) = set(lab.versions("catalog").values())  # what the modules before left running
+    deploy = lab.deploy("-e", "service=catalog", "-e", f"version={serving}")
+    RUNS.append(deploy)
+    assert deploy.returncode == 0, deploy.output[-4000:]
+    assert deploy.changed == 0, deploy.recaps
+    assert start_times(lab) == before
+    # the runs since the password test (the migrations', these): no password in them either
+    secrets = passwords(lab)
+    assert [(n, i) for n, v in secrets.items() for i, run in enumerate(RUNS) if v in run.output] == []
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -364,6 +365,8 @@ def test_the_next_instance_drains_while_this_one_is_gated_and_the_invariant_hold
     spec = lab.workdir / "overlap" / lab.spec.name
     spec.parent.mkdir(exist_ok=True)
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # the inventory's group_vars (the lab's database passwords) go with it
+    shutil.copytree(lab.spec.parent / "group_vars", spec.parent / "group_vars", dirs_exist_ok=True)
     overlapped = RolloutLab(lab.environment, spec, lab.workdir, lab.hostvars)
     rollout, report = overlapped.deploy_under_load(
         "overlap", "-e", "service=catalog", "-e", "version=v1", rollout_batch_size=1

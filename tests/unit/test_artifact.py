@@ -409,6 +409,8 @@ def test_playbook_builds_every_version_then_changes_nothing(tmp_path: Path) -> N
         assert sorted(tar.getnames()) == [
             "orders-v3",
             "orders-v3/app.py",
+            "orders-v3/migrations",
+            "orders-v3/migrations/001_items.expand.sql",
             "orders-v3/store.py",
             "orders-v3/version.json",
         ]

@@ -58,7 +58,11 @@ def test_contract_is_refused_while_another_version_is_in_rotation_on_any_lb() ->
 
 def test_rollback_is_refused_once_a_contract_ran_that_the_target_does_not_carry() -> None:
     refusal = rollback_refusal("v1", V1, ran(*V2))
-    assert refusal is not None and "003_note_required (run by v2" in refusal and "roll forward" in refusal
+    assert refusal is not None and refusal.startswith(
+        "rollback of v1 refused: contract migration(s) 003_note_required (run by v2"
+    )
+    assert "roll forward" in refusal
+    assert str(rollback_refusal("v1", V1, ran(*V2), verb="deploy")).startswith("deploy of v1 refused")
     assert rollback_refusal("v1", V1, ran(*V2[:2])) is None  # only expands ran: v1 ignores them
     assert rollback_refusal("v3", V2, ran(*V2)) is None  # a release that carries the contract
 

@@ -234,3 +234,35 @@ def test_the_module_records_a_scoped_run_apart_and_refuses_a_scope_where_none_ap
             tmp_path, "service=catalog", "scope=dc1", f"action={action}", "inventory_version=v1"
         )
         assert refused.get("failed") and "reads the service's own journal" in refused["msg"], refused
+
+
+def test_the_journal_records_the_schemas_phase_and_a_later_rollout_keeps_it() -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils.planner.journal import migrations_recorded
+
+    ledger = [
+        {"id": "001_items", "phase": "expand", "sha256": "a", "version": "v1", "at": "2026-12-04T20:00:00Z"},
+        {"id": "002_note", "phase": "expand", "sha256": "b", "version": "v2", "at": "2026-12-04T21:00:00Z"},
+    ]
+    journal = migrations_recorded(
+        {"service": "catalog", "target": "v2"}, "expand", "v2", ["002_note"], ledger
+    )
+    assert journal["migrations"] == {
+        "expand": {
+            "version": "v2",
+            "applied": ["002_note"],
+            "this_run": ["002_note"],
+            "at": "2026-12-04T21:00:00Z",
+        },
+        "phase": "expanded",
+    }
+    ledger.append(
+        {"id": "003_req", "phase": "contract", "sha256": "c", "version": "v2", "at": "2026-12-04T22:00:00Z"}
+    )
+    journal = migrations_recorded(journal, "contract", "v2", ["003_req"], ledger)
+    assert journal["migrations"]["phase"] == "contracted"
+    assert journal["migrations"]["contract"]["applied"] == ["003_req"]
+    assert journal["migrations"]["expand"]["applied"] == ["002_note"]  # the earlier phase stays
+    later = journal_started(
+        {**journal, "status": "complete", "from": {"catalog-1": "v1"}}, "catalog", "v3", {}, []
+    )
+    assert later["migrations"] == journal["migrations"]

@@ -307,7 +307,7 @@ def test_an_unknown_build_flag_is_refused(tmp_path: Path, releases: dict[str, Pa
     result = run_app(str(release / "app.py"), config_path)
     assert result.returncode == 2
     assert (
-        "version.json: build_flags.broken_heath: unknown build flag (known: broken_health, error_rate, greeting)"
+        "version.json: build_flags.broken_heath: unknown build flag (known: broken_health, db_schema, error_rate, greeting)"
         in result.stderr
     )
 

@@ -103,6 +103,10 @@ def instance_database(placement: Placement, instance: Instance) -> dict[str, Any
         "cluster": cluster.name,
         "name": name,
         "role": name,
+        # the members themselves, for what is no instance's request path (migrations: libpq picks
+        # the primary with target_session_attrs=read-write, whatever the LBs' state)
+        "members": [str(m.address) for m in _members(placement, cluster.name)],
+        "member_port": POSTGRESQL_PORT,
         "lb": lb.name,
         "write": {"host": str(lb.address), "port": endpoint.write_port},
         "read": {

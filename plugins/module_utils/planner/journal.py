@@ -176,7 +176,28 @@ def journal_started(
     }
     if same_target and not resumed:
         journal["repair"] = True
+    if previous.get("migrations"):
+        journal["migrations"] = dict(previous["migrations"])  # the schema's phase outlives a rollout
     return journal
+
+
+def migrations_recorded(
+    journal: Mapping[str, Any], phase: str, version: str, applied: list[str], ledger: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The journal with the schema's phase: per phase, the release whose migrations of it ran last
+    and what they were (``ledger``: every migration that has run, with the release that ran it)."""
+    changed = dict(journal)
+    record = dict(changed.get("migrations") or {})
+    ran = [row for row in ledger if row.get("phase") == phase and row.get("version") == version]
+    record[phase] = {
+        "version": version,
+        "applied": [str(row["id"]) for row in ran],
+        "this_run": list(applied),
+        "at": str(ran[-1].get("at", "")) if ran else "",
+    }
+    record["phase"] = "contracted" if record.get("contract", {}).get("applied") else "expanded"
+    changed["migrations"] = record
+    return changed
 
 
 def outcome(journal: Mapping[str, Any], verb: str, service: str, path: str) -> dict[str, Any]:

@@ -133,16 +133,36 @@ def contract_refusal(version: str, in_rotation: Mapping[str, Mapping[str, str]])
 
 
 def rollback_refusal(
-    target: str, target_release: Sequence[Migration], ledger: Sequence[Applied]
+    target: str, target_release: Sequence[Migration], ledger: Sequence[Applied], verb: str = "rollback"
 ) -> str | None:
-    """Why a rollback to ``target`` may not run, if it may not: a contract migration ran that the
-    target release does not carry."""
+    """Why a rollback to ``target`` (or any deploy of it: ``verb``) may not run, if it may not: a
+    contract migration ran that the target release does not carry."""
     carried = {m.id for m in target_release}
     contracted = [a for a in ledger if a.phase == "contract" and a.id not in carried]
     if not contracted:
         return None
     shown = ", ".join(f"{a.id} (run by {a.version}{' at ' + a.at if a.at else ''})" for a in contracted)
     return (
-        f"rollback to {target} refused: contract migration(s) {shown} changed the schema {target} was "
+        f"{verb} of {target} refused: contract migration(s) {shown} changed the schema {target} was "
         "written for; roll forward to a release that carries them instead"
     )
+
+
+def in_rotation_from_inventory(
+    hostvars: Mapping[str, Mapping[str, Any]],
+    hosts: Sequence[str],
+    lb_hosts: Sequence[str],
+    backends: Sequence[str],
+) -> dict[str, dict[str, str]]:
+    """Per load balancer, each instance of ``hosts`` it sends requests to (in any of ``backends``)
+    and the version that instance runs, from what the deploy's query registered (every LB's
+    ``loadbalancer_result.servers``, every instance's ``__rollout_release``)."""
+    found: dict[str, dict[str, str]] = {}
+    for lb in lb_hosts:
+        servers = (hostvars[lb].get("loadbalancer_result") or {}).get("servers") or {}
+        for backend in backends:
+            for host, seen in (servers.get(backend) or {}).items():
+                if host in hosts and isinstance(seen, Mapping) and seen.get("in_rotation"):
+                    release = hostvars[host].get("__rollout_release") or {}
+                    found.setdefault(lb, {})[host] = str(release.get("current") or "")
+    return found

@@ -1,5 +1,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Checksums in ``sha256sum`` format, and :func:`verify_artifact`, which any host can run.
+"""Checksums in ``sha256sum`` format, :func:`verify_artifact`, which any host can run, and
+:func:`read_migrations`, what a verified artifact carries of its release's schema changes.
 
 An artifact's ``.sha256`` is written after its tarball: when the checksum file exists it describes
 the tarball next to it.
@@ -7,12 +8,17 @@ the tarball next to it.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import re
+import tarfile
 from pathlib import Path
+from typing import Any
 
 from ansible_collections.berth.fleet.plugins.module_utils.common import fs
 from ansible_collections.berth.fleet.plugins.module_utils.drivers.artifact.spec import (
+    BUILD_INFO_FILE,
     CHECKSUM_SUFFIX,
     ArtifactError,
 )
@@ -64,3 +70,43 @@ def verify_artifact(path: Path, checksum_path: Path | None = None) -> str:
             "the artifact is corrupt or was replaced"
         )
     return actual
+
+
+def read_migrations(path: Path, stem: str) -> list[dict[str, str]]:
+    """The migrations a verified artifact carries (its ``version.json``), each with its SQL, whose
+    sha256 is checked against what ``version.json`` says; [] for a version that carries none."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            info = _member_json(tar, f"{stem}/{BUILD_INFO_FILE}")
+            found = []
+            for index, entry in enumerate(info.get("migrations") or []):
+                if not isinstance(entry, dict) or not all(
+                    isinstance(entry.get(k), str) for k in ("id", "phase", "file", "sha256")
+                ):
+                    raise ArtifactError(f"{path}: {BUILD_INFO_FILE}: migrations[{index}] is malformed")
+                data = _member_bytes(tar, f"{stem}/{entry['file']}")
+                if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                    raise ArtifactError(
+                        f"{path}: {entry['file']} does not match the sha256 {BUILD_INFO_FILE} records"
+                    )
+                found.append({**entry, "sql": data.decode("utf-8")})
+    except (OSError, tarfile.TarError, UnicodeDecodeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot read its migrations: {exc}") from None
+    return found
+
+
+def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
+    try:
+        member = tar.extractfile(name)
+    except KeyError:
+        member = None
+    if member is None:
+        raise ArtifactError(f"{name} is missing from the artifact")
+    return member.read()
+
+
+def _member_json(tar: tarfile.TarFile, name: str) -> dict[str, Any]:
+    value = json.loads(_member_bytes(tar, name).decode("utf-8"))
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{name}: expected a JSON object")
+    return value

@@ -46,15 +46,16 @@ def check_timing(ttl: int = TTL, loop_wait: int = LOOP_WAIT, retry_timeout: int 
         )
 
 
-def password_problems(passwords: Any, owner_roles: Sequence[str]) -> list[str]:
-    """What is missing or malformed in ``berth_db_passwords`` (the vault's), by key; never a value."""
+def password_problems(passwords: Any, owner_roles: Sequence[str], system: bool = True) -> list[str]:
+    """What is missing or malformed in ``berth_db_passwords`` (the vault's), by key; never a value.
+    ``system``: the cluster's own roles' too (a member needs them; an instance only its owner's)."""
     if not isinstance(passwords, Mapping):
         return [
             "berth_db_passwords: expected a mapping (from the vault: postgres, replicator, rewind, "
             f"patroni_api, owners.<role>), got {type(passwords).__name__}"
         ]
     problems = []
-    wanted = [(key, passwords.get(key)) for key in SYSTEM_PASSWORDS]
+    wanted = [(key, passwords.get(key)) for key in SYSTEM_PASSWORDS] if system else []
     owners = passwords.get("owners", {})
     if not isinstance(owners, Mapping):
         problems.append("berth_db_passwords.owners: expected a mapping of owner role to password")
