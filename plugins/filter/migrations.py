@@ -16,7 +16,8 @@ description:
     C(hostvars | berth.fleet.migrations_in_rotation(hosts, lbs, backends)); and
     C(rollback_refusal), used as C(ledger | berth.fleet.rollback_refusal(target, target_migrations, verb)),
     the reason a deploy or rollback (C(verb)) of C(target) is refused (a contract ran that the target
-    does not carry), or an empty string.
+    does not carry), or an empty string; and C(migration_runner), used as
+    C(hostvars | berth.fleet.migration_runner(hosts)), the instance a service's migrations run from.
 options:
   _input:
     description: Per load balancer, instance to the version it runs.
@@ -53,6 +54,10 @@ def migrations_in_rotation(hostvars, hosts, lbs, backends):
     return migrations.in_rotation_from_inventory(hostvars, list(hosts), list(lbs), list(backends))
 
 
+def migration_runner(hostvars, hosts):
+    return migrations.runner(hostvars, list(hosts or []))
+
+
 def rollback_refusal(ledger, target, target_migrations, verb="rollback"):
     try:
         release = migrations.parse_migrations(list(target_migrations or []), f"release {target}")
@@ -69,5 +74,6 @@ class FilterModule:
         return {
             "contract_refusal": contract_refusal,
             "migrations_in_rotation": migrations_in_rotation,
+            "migration_runner": migration_runner,
             "rollback_refusal": rollback_refusal,
         }

@@ -77,3 +77,17 @@ def test_what_version_json_and_the_ledger_say_is_checked() -> None:
     with pytest.raises(MigrationError, match="expected id, phase and sha256"):
         parse_migrations([{"id": "001"}], "catalog-v2")
     assert parse_ledger([a.as_dict() for a in ran(*V1)]) == ran(*V1)
+
+
+def test_migrations_run_from_the_first_instance_the_query_reached() -> None:
+    from ansible_collections.berth.fleet.plugins.module_utils.planner.migrations import runner
+
+    db = {"name": "catalog"}
+    hostvars = {
+        "catalog-1": {"berth_database": db, "__rollout_release": {"unreachable": True}},
+        "catalog-2": {"berth_database": db, "__rollout_release": {"current": "v1"}},
+        "catalog-3": {"berth_database": db},
+    }
+    assert runner(hostvars, ["catalog-3", "catalog-2", "catalog-1"]) == "catalog-2"
+    assert runner({h: {"berth_database": db} for h in hostvars}, ["catalog-2", "catalog-1"]) == "catalog-1"
+    assert runner({"payments-1": {}}, ["payments-1"]) == "" and runner({}, []) == ""

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.berth.fleet.plugins.module_utils.planner.rollout import reachable_in_inventory
+
 PHASES = ("expand", "contract")
 
 
@@ -166,3 +168,13 @@ def in_rotation_from_inventory(
                     release = hostvars[host].get("__rollout_release") or {}
                     found.setdefault(lb, {})[host] = str(release.get("current") or "")
     return found
+
+
+def runner(hostvars: Mapping[str, Mapping[str, Any]], hosts: Sequence[str]) -> str:
+    """The instance node a service's migrations run from: the first of ``hosts`` (sorted) that the
+    deploy's query reached (a lost machine cannot run them), else the first; '' when the service
+    has no database (its instances carry no ``berth_database``)."""
+    ordered = sorted(hosts)
+    if not ordered or hostvars[ordered[0]].get("berth_database") is None:
+        return ""
+    return (reachable_in_inventory(hostvars, ordered) or ordered)[0]
